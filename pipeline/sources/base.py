@@ -1,0 +1,100 @@
+"""The interface every imagery/label source implements (synthetic world, local SSL4EO-S12 copy, Earth Engine).
+
+A source answers one question: for a :class:`~pipeline.locations.Location` and a
+:class:`~pipeline.seasons.SeasonWindow`, give each requested modality as a georeferenced array
+``(band, y, x)`` on the patch grid, plus the Dynamic World label map ``(y, x)`` of the same grid.
+Problems are reported with the typed errors below: the flow retries :class:`TransientSourceError`
+and records every other :class:`SourceError` as a failed patch with its reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from pipeline.grid import PatchGrid
+from pipeline.locations import Location
+from pipeline.seasons import SeasonWindow
+
+
+class SourceError(Exception):
+    """Base class of every error a source may raise for one (location, season)."""
+
+    retryable: bool = False
+
+
+class NoImageFound(SourceError):
+    """No acquisition passes the filters (window, cloud cover, coverage) for this location and season."""
+
+
+class InvalidGeometry(SourceError):
+    """The patch footprint cannot be served by the source (outside coverage, invalid CRS, …)."""
+
+
+class CorruptData(SourceError):
+    """The source returned data that cannot be decoded or has the wrong shape/bands."""
+
+
+class TransientSourceError(SourceError):
+    """A temporary failure (rate limit, timeout, 5xx): retrying later may succeed."""
+
+    retryable = True
+
+
+@dataclass(frozen=True)
+class ModalityImage:
+    """One modality of one season on the patch grid."""
+
+    data: np.ndarray  # (band, y, x), archive dtype (uint16 DN for S2, float32 dB for S1)
+    bands: tuple[str, ...]
+    acquired: dt.date
+    image_id: str
+    cloud_pct: float  # scene cloudy-pixel percentage as reported by the source (NaN for S1)
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Dynamic World ``label`` map (y, x) on the patch grid; ``LABEL_NODATA`` where unlabelled."""
+
+    data: np.ndarray  # (y, x) uint8
+    image_id: str  # the DW image id (equal to the matched S2 L1C image id when matched)
+    method: str  # "matched" (same system:index as the L1C image) or "mode" (per-pixel mode over the window)
+
+
+@dataclass(frozen=True)
+class SeasonSample:
+    """Everything a source returns for one (location, season)."""
+
+    images: dict[str, ModalityImage]  # modality name ("s2_l1c", "s2_l2a", "s1_grd") → image
+    label: LabelMap | None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the curation flow needs from a source.
+
+    ``name`` is written to the archive attributes; ``synthetic`` must be True for generated data.
+    ``fetch`` must be safe to call from several threads/processes at once and, for the same inputs,
+    return the same arrays (so that a resumed run reproduces an uninterrupted one).
+    """
+
+    name: str
+    synthetic: bool
+
+    def fetch(
+        self,
+        location: Location,
+        window: SeasonWindow,
+        grid: PatchGrid,
+        modalities: dict[str, tuple[str, ...]],
+    ) -> SeasonSample:
+        """Return the requested modalities (name → band names) and the label map for one season."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """JSON-serialisable description of the source, stored in the archive attributes."""
+        ...
