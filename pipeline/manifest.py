@@ -193,6 +193,8 @@ class ComputeConfig(_Strict):
     n_workers: Annotated[int, Field(ge=1)] = 2
     threads_per_worker: Annotated[int, Field(ge=1)] = 1
     memory_limit: str = "4GiB"
+    processes: bool = True
+    """Local cluster workers as processes (True) or threads in this process (False, starts faster)."""
     source_concurrency: Annotated[int, Field(ge=1)] = 4
     """Most shard tasks fetching from the source at once (a Prefect global concurrency limit)."""
     retries: Annotated[int, Field(ge=0)] = 3

@@ -1,0 +1,136 @@
+"""The ``softcon`` command line: validate manifests, curate archives, inspect them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Rebuild SSL4EO-S12-ML and pretrain with SoftCon: curate → explore → pretrain → evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _offline_defaults() -> None:
+    """Settings that keep Prefect and the hubs offline unless the user configured otherwise."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _load_or_exit(path: Path):
+    from pipeline.manifest import ManifestError, load_manifest
+
+    try:
+        return load_manifest(path)
+    except ManifestError as err:
+        err_console.print(f"[bold red]{err.source}[/]: {len(err.problems)} problem(s)")
+        for line in err.problems:
+            err_console.print(f"  {line}")
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def validate(manifest: Path = typer.Argument(..., help="data_manifest.yaml to check")) -> None:
+    """Check a manifest; print every problem with its key path and exit 2 if there is any."""
+    m = _load_or_exit(manifest)
+    sel = m.modalities.selected()
+    console.print(f"[green]OK[/] {manifest}: '{m.name}' v{m.version}, source {m.source.kind}, "
+                  f"{m.sampling.n_locations} locations × {len(m.seasons.reference_dates)} seasons, "
+                  f"{m.patch.size_px} px, modalities {', '.join(f'{k}({len(v)})' for k, v in sel.items())}")
+    console.print(f"store: {m.store.path}   manifest hash: {m.content_hash()[:16]}")
+
+
+@app.command()
+def curate(
+    manifest: Path = typer.Argument(..., help="data_manifest.yaml describing the dataset"),
+    dask_address: Optional[str] = typer.Option(None, help="existing Dask scheduler, e.g. tcp://host:8786"),
+    retry_failed: bool = typer.Option(False, help="also retry patches that failed in an earlier run"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Build (or resume) the Zarr archive described by MANIFEST with the Prefect curation flow."""
+    _offline_defaults()
+    _load_or_exit(manifest)
+    from flows.curate import run_curation
+    from pipeline.sources import SourceError
+    from pipeline.store import ArchiveError
+
+    try:
+        summary = run_curation(str(manifest), dask_address=dask_address, retry_failed=retry_failed,
+                               show_progress=progress and sys.stderr.isatty())
+    except (ArchiveError, SourceError, NotImplementedError, ValueError) as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=1) from None
+    _print_summary(summary)
+
+
+@app.command()
+def inspect(
+    store: str = typer.Argument(..., help="archive path or fsspec URL"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """Summarise an archive: patch counts, failures, class frequencies."""
+    from pipeline.store import archive_exists, summarize
+
+    if not archive_exists(store):
+        err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
+        raise typer.Exit(code=1)
+    summary = summarize(store)
+    if as_json:
+        console.print_json(json.dumps(summary))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    console.print(f"[bold]{s.get('title')}[/]  {s['path']}  source={s.get('source')}"
+                  f"{'  [yellow](synthetic)[/]' if s.get('synthetic') else ''}")
+    st = s["status"]
+    console.print(f"patches: {s['n_patches']} × {s['n_seasons']} seasons — done {st['done']}, "
+                  f"failed {st['failed']}, todo {st['todo']}; labelled images {s['labelled_images']}")
+    if s.get("failures"):
+        console.print("failures: " + ", ".join(f"{k} ×{v}" for k, v in s["failures"].items()))
+    table = Table(title="class frequency (share of labelled images where the class is present)")
+    table.add_column("class")
+    table.add_column("frequency", justify="right")
+    for name, f in s["class_frequency"].items():
+        table.add_row(name, f"{f:.3f}")
+    console.print(table)
+    if "this_run" in s:
+        r = s["this_run"]
+        console.print(f"this run: {r['shards']} shards, {r['done']} patches done, {r['failed']} failed "
+                      f"in {r['seconds']} s; pretraining: {s.get('pretraining')}")
+    if "report" in s:
+        console.print(f"report (plots, summary.json): {s['report']}")
+
+
+@app.command()
+def locations(
+    manifest: Path = typer.Argument(..., help="data_manifest.yaml"),
+    out: Path = typer.Option(Path("locations.parquet"), help="GeoParquet to write"),
+    plot: Optional[Path] = typer.Option(None, help="also write a map of the locations (PNG)"),
+) -> None:
+    """Sample the manifest's locations only (GeoParquet and an optional map)."""
+    from pipeline.sampling import locations_to_geodataframe, plot_locations, sample_locations, write_locations
+
+    m = _load_or_exit(manifest)
+    gdf = locations_to_geodataframe(sample_locations(m.sampling, m.patch), m.patch)
+    write_locations(gdf, out)
+    console.print(f"{len(gdf)} locations → {out}")
+    if plot:
+        plot_locations(gdf, plot, title=f"{m.name}: {len(gdf)} locations")
+        console.print(f"map → {plot}")
+
+
+if __name__ == "__main__":
+    app()

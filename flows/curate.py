@@ -1,0 +1,206 @@
+"""Prefect 3 flow: manifest → locations → S1/S2 + Dynamic World patches → label vectors → Zarr archive.
+
+Tasks work at shard granularity (``store.patches_per_shard`` locations, never one task per patch)
+and run on Dask through ``prefect-dask``: a local cluster by default, or an existing scheduler when
+``compute.dask_address`` (or ``--dask-address``) names one. Each shard task holds a slot of a Prefect
+global concurrency limit named after the source, so at most ``compute.source_concurrency`` shards
+talk to the source at once. Transient source errors are retried inside the task with exponential
+backoff (``compute.retries``) and, if they persist, the whole shard task is retried by Prefect with
+exponential backoff and jitter; permanent errors become failed patches with their reason.
+
+The flow runs without a Prefect server (ephemeral mode). Its final task launches pretraining when
+the manifest asks for it and the training stage is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE as NO_CACHE
+from prefect.concurrency.sync import concurrency
+from prefect.futures import as_completed
+from prefect.tasks import exponential_backoff
+
+from pipeline import curate as steps
+from pipeline.locations import Location
+from pipeline.manifest import Manifest, load_manifest
+from pipeline.sources import TransientSourceError
+from pipeline.store import ArchiveLayout, summarize
+
+
+def _source_limit_name(manifest: Manifest) -> str:
+    return f"softcon-source-{manifest.source.kind}"
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    """Prefect retry condition: only transient source errors are worth retrying a whole shard."""
+    try:
+        state.result()
+    except TransientSourceError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is a bug or a permanent problem
+        return False
+    return False
+
+
+@task(name="prepare-archive", cache_policy=NO_CACHE)
+def prepare_archive(manifest: Manifest) -> tuple[list[Location], ArchiveLayout]:
+    locations, layout = steps.prepare(manifest)
+    get_run_logger().info("archive %s: %d locations in %d shards of %d",
+                          manifest.store.path, layout.n_patches, layout.n_shards, layout.patches_per_shard)
+    return locations, layout
+
+
+@task(name="curate-shard", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(2.0),
+      retry_jitter_factor=0.5, retry_condition_fn=_retry_transient)
+def curate_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locations: list[Location],
+                 retry_failed: bool = False) -> dict:
+    with concurrency(_source_limit_name(manifest), occupy=1, strict=False):
+        summary = steps.process_shard(manifest, layout, shard, locations, retry_failed=retry_failed)
+    return asdict(summary)
+
+
+@task(name="archive-report", cache_policy=NO_CACHE)
+def archive_report(manifest: Manifest) -> dict:
+    """Summary JSON and plots (locations map, class frequencies, co-occurrence) beside the archive."""
+    from pipeline.labels import plot_class_frequencies, plot_cooccurrence, summary_statistics
+    from pipeline.sampling import plot_locations, read_locations, locations_to_geodataframe
+
+    path = manifest.store.path
+    summary = summarize(path, manifest.store.storage_options or None)
+    if "://" in path and not path.startswith("file://"):
+        return summary  # plots are written for local archives only
+    out = Path(path.removeprefix("file://") + ".report")
+    out.mkdir(parents=True, exist_ok=True)
+    stats = summary_statistics(path)
+    plot_class_frequencies(stats, out / "class_frequencies.png")
+    plot_cooccurrence(stats, out / "cooccurrence.png")
+    gdf = locations_to_geodataframe(read_locations(steps.locations_path(path)), manifest.patch)
+    plot_locations(gdf, out / "locations.png", title=f"{manifest.name}: {len(gdf)} locations")
+    (out / "summary.json").write_text(json.dumps({"archive": summary, "labels": _jsonable(stats)}, indent=2))
+    summary["report"] = str(out)
+    return summary
+
+
+def _jsonable(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+@task(name="launch-pretraining", cache_policy=NO_CACHE)
+def launch_pretraining(manifest: Manifest) -> str:
+    """Final task: start pretraining on the new archive when the manifest asks for it."""
+    logger = get_run_logger()
+    if not manifest.pretrain.enabled:
+        logger.info("pretraining not requested (pretrain.enabled is false)")
+        return "not requested"
+    try:
+        from train.pretrain import run_pretraining  # type: ignore[attr-defined]
+    except ImportError:
+        logger.warning("pretraining requested, but the training stage (train.pretrain) is not available "
+                       "in this version yet; the archive is ready at %s", manifest.store.path)
+        return "training stage not available"
+    run_pretraining(manifest.pretrain.config, archive=manifest.store.path)
+    return "done"
+
+
+def _ensure_source_limit(manifest: Manifest) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(
+            _source_limit_name(manifest), limit=manifest.compute.source_concurrency)
+
+
+@flow(name="curate-ssl4eo-s12-ml")
+def curate(manifest_path: str, retry_failed: bool = False, show_progress: bool = False) -> dict:
+    """Curate the archive described by a manifest file; resumes where a previous run stopped."""
+    logger = get_run_logger()
+    manifest = load_manifest(manifest_path)
+    locations, layout = prepare_archive(manifest)
+    shards = steps.pending_shards(manifest, layout, retry_failed=retry_failed)
+    logger.info("%d of %d shards to do", len(shards), layout.n_shards)
+    _ensure_source_limit(manifest)
+    task_with_retries = curate_shard.with_options(retries=manifest.compute.retries)
+    futures = []
+    for shard in shards:
+        sl = layout.shard_slice(shard)
+        futures.append(task_with_retries.submit(manifest, layout, shard, locations[sl], retry_failed))
+    del locations  # only the shards' slices travel to the workers
+    totals = {"done": 0, "failed": 0, "skipped": 0}
+    t0 = time.perf_counter()
+    progress = _progress(show_progress, len(shards))
+    with progress:
+        bar = progress.add_task("curating shards", total=len(shards))
+        for i, fut in enumerate(as_completed(futures), 1):
+            res = fut.result()
+            for k in totals:
+                totals[k] += res[k]
+            progress.update(bar, advance=1, description=f"patches done {totals['done']} failed {totals['failed']}")
+            logger.info("shard %d: %d done, %d failed (%.1fs); %d/%d shards, totals %s",
+                        res["shard"], res["done"], res["failed"], res["seconds"], i, len(shards), totals)
+    summary = archive_report(manifest)
+    summary["this_run"] = {**totals, "shards": len(shards), "seconds": round(time.perf_counter() - t0, 1)}
+    summary["pretraining"] = launch_pretraining(manifest)
+    logger.info("archive %s: %s", manifest.store.path, summary["status"])
+    return summary
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+
+def _progress(show: bool, total: int):
+    if not show:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn())
+
+
+def task_runner_for(manifest: Manifest, dask_address: str | None = None):
+    """DaskTaskRunner on an existing scheduler, or on a local cluster sized by ``compute``."""
+    from prefect_dask import DaskTaskRunner
+
+    address = dask_address or manifest.compute.dask_address
+    if address:
+        return DaskTaskRunner(address=address)
+    c = manifest.compute
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": c.n_workers, "threads_per_worker": c.threads_per_worker,
+                        "memory_limit": c.memory_limit, "processes": c.processes, "dashboard_address": None},
+    )
+
+
+def run_curation(manifest_path: str, dask_address: str | None = None, retry_failed: bool = False,
+                 show_progress: bool = False) -> dict:
+    """Entry point used by the CLI: validate, pick the task runner, run the flow."""
+    manifest = load_manifest(manifest_path)
+    flow_with_runner = curate.with_options(task_runner=task_runner_for(manifest, dask_address))
+    return flow_with_runner(str(manifest_path), retry_failed=retry_failed, show_progress=show_progress)

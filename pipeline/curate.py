@@ -1,0 +1,189 @@
+"""Curation steps without any orchestration: plan the archive, then process one shard of patches.
+
+The Prefect flow in :mod:`flows.curate` composes exactly these functions; everything here is plain
+Python, so it can be unit-tested and reused under any scheduler.
+
+* :func:`prepare` samples (or re-reads) the locations, writes them as GeoParquet beside the archive
+  and creates the archive template (or checks that an existing archive matches the manifest).
+* :func:`pending_shards` lists the shards that still have work.
+* :func:`process_shard` fetches every pending patch of one shard from the source (with retries and
+  exponential backoff on transient errors), derives the label vectors and writes the shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
+from pipeline.grid import PatchGrid
+from pipeline.labels import label_vectors
+from pipeline.locations import Location
+from pipeline.manifest import Manifest
+from pipeline.sampling import locations_to_geodataframe, read_locations, sample_locations, write_locations
+from pipeline.seasons import location_shift_days, season_windows
+from pipeline.sources import Source, SourceError, TransientSourceError, build_source
+from pipeline.store import (
+    MODALITY_ORDER,
+    NO_DATE,
+    STATUS_DONE,
+    STATUS_FAILED,
+    STATUS_TODO,
+    ArchiveLayout,
+    PatchResult,
+    create_archive,
+    date_to_days,
+    open_group,
+    write_patches,
+)
+
+log = logging.getLogger(__name__)
+
+
+def locations_path(store_path: str) -> str:
+    """GeoParquet of the sampled locations, beside the archive (``<store>.locations.parquet``)."""
+    return store_path.rstrip("/") + ".locations.parquet"
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def prepare(manifest: Manifest, source: Source | None = None) -> tuple[list[Location], ArchiveLayout]:
+    """Locations and archive template for a manifest; idempotent (a rerun re-reads the same locations)."""
+    source = source or build_source(manifest)
+    loc_path = locations_path(manifest.store.path)
+    if _is_local(loc_path) and Path(loc_path.removeprefix("file://")).exists():
+        locations = read_locations(loc_path)
+        if len(locations) != manifest.sampling.n_locations:
+            raise ValueError(f"{loc_path}: holds {len(locations)} locations but sampling.n_locations is "
+                             f"{manifest.sampling.n_locations}; use a new store.path")
+    else:
+        locations = sample_locations(manifest.sampling, manifest.patch)
+    layout = create_archive(manifest, locations, source.describe())
+    if _is_local(loc_path) and not Path(loc_path.removeprefix("file://")).exists():
+        gdf = locations_to_geodataframe(locations, manifest.patch)
+        tmp = loc_path + ".tmp"
+        write_locations(gdf, tmp)
+        Path(tmp).replace(loc_path)  # atomic: never a half-written locations file
+    return locations, layout
+
+
+def pending_shards(manifest: Manifest, layout: ArchiveLayout, retry_failed: bool = False) -> list[int]:
+    """Shards that contain at least one patch still to do (and failed ones when ``retry_failed``)."""
+    status = open_group(manifest.store.path, "r", manifest.store.storage_options or None)["status"][:]
+    todo = status == STATUS_TODO
+    if retry_failed:
+        todo |= status == STATUS_FAILED
+    shards = np.unique(np.flatnonzero(todo) // layout.patches_per_shard)
+    return [int(s) for s in shards]
+
+
+def fetch_with_retries(source: Source, location, window, grid, modalities, retries: int, base_delay: float):
+    """Call ``source.fetch``; on :class:`TransientSourceError` retry with exponential backoff and jitter."""
+    attempt = 0
+    while True:
+        try:
+            return source.fetch(location, window, grid, modalities)
+        except TransientSourceError as err:
+            if attempt >= retries:
+                raise
+            delay = base_delay * (2 ** attempt) * (0.5 + random.random())
+            log.info("transient error for patch %s season %d (%s); retry %d in %.1fs",
+                     location.id, window.season, err, attempt + 1, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+def process_patch(source: Source, manifest: Manifest, location: Location) -> PatchResult:
+    """All seasons of one location. Permanent source errors give a failed result with the reason."""
+    modalities = manifest.modalities.selected()
+    grid = PatchGrid.for_location(location, manifest.patch.size_px, manifest.patch.resolution_m)
+    seasons = manifest.seasons
+    shift = location_shift_days(manifest.sampling.seed, location.index, seasons.max_shift_days)
+    windows = season_windows(seasons.reference_dates, seasons.window_days, shift)
+    S, M, H = len(windows), len(MODALITY_ORDER), manifest.patch.size_px
+    images = {name: np.empty((S, len(bands), H, H), MODALITY_DTYPES[name]) for name, bands in modalities.items()}
+    dw = np.empty((S, H, H), np.uint8)
+    acquired = np.full((S, M), NO_DATE, np.int32)
+    image_id = np.full((S, M), "", dtype=object)
+    cloud = np.full((S, M), np.nan, np.float32)
+    method = np.full((S,), "", dtype=object)
+    for w in windows:
+        try:
+            sample = fetch_with_retries(source, location, w, grid, modalities,
+                                        manifest.compute.retries, manifest.compute.retry_delay_s)
+        except TransientSourceError:
+            raise  # the caller (a retried task) decides
+        except SourceError as err:
+            return PatchResult(location.index, STATUS_FAILED, f"{type(err).__name__}: season {w.season}: {err}")
+        for name, bands in modalities.items():
+            img = sample.images.get(name)
+            expected = ((len(bands), H, H), np.dtype(MODALITY_DTYPES[name]), bands)
+            got = None if img is None else (img.data.shape, img.data.dtype, tuple(img.bands))
+            if got != expected:
+                return PatchResult(location.index, STATUS_FAILED,
+                                   f"CorruptData: season {w.season}: {name} expected {expected}, got {got}")
+            images[name][w.season] = img.data
+            m = MODALITY_ORDER.index(name)
+            acquired[w.season, m] = date_to_days(img.acquired)
+            image_id[w.season, m] = img.image_id
+            cloud[w.season, m] = img.cloud_pct
+        if sample.label is None:
+            dw[w.season] = LABEL_NODATA
+        else:
+            dw[w.season] = sample.label.data
+            method[w.season] = sample.label.method
+    fractions, multi_hot = label_vectors(
+        dw, n_classes=len(DW_CLASSES), presence_threshold=manifest.labels.presence_threshold,
+        min_valid_fraction=manifest.labels.min_valid_fraction)
+    return PatchResult(location.index, STATUS_DONE, images=images, dw_label=dw, label_fraction=fractions,
+                       multi_hot=multi_hot, acquired=acquired, image_id=image_id, cloud_pct=cloud,
+                       label_method=method)
+
+
+@dataclass
+class ShardSummary:
+    shard: int
+    done: int
+    failed: int
+    skipped: int
+    seconds: float
+    reasons: list[str]
+
+
+def process_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locations: list[Location],
+                  retry_failed: bool = False, source: Source | None = None) -> ShardSummary:
+    """Fetch, label and write the pending patches of one shard. ``locations`` are that shard's locations."""
+    t0 = time.perf_counter()
+    source = source or build_source(manifest)
+    group = open_group(manifest.store.path, "r+", manifest.store.storage_options or None)
+    sl = layout.shard_slice(shard)
+    status = group["status"][sl]
+    wanted = (status == STATUS_TODO) | ((status == STATUS_FAILED) if retry_failed else False)
+    by_index = {loc.index: loc for loc in locations}
+    results = []
+    for offset in np.flatnonzero(wanted):
+        idx = sl.start + int(offset)
+        results.append(process_patch(source, manifest, by_index[idx]))
+    # Contiguous runs keep the writes aligned (the whole shard when nothing in it was done before).
+    run: list[PatchResult] = []
+    for r in results:
+        if run and r.index != run[-1].index + 1:
+            write_patches(group, layout, run)
+            run = []
+        run.append(r)
+    write_patches(group, layout, run)
+    return ShardSummary(
+        shard=shard,
+        done=sum(r.status == STATUS_DONE for r in results),
+        failed=sum(r.status == STATUS_FAILED for r in results),
+        skipped=int((~wanted).sum()),
+        seconds=time.perf_counter() - t0,
+        reasons=[r.reason for r in results if r.status == STATUS_FAILED],
+    )

@@ -1,0 +1,402 @@
+"""Per-image multi-label vectors from Dynamic World label maps (the SSL4EO-S12-ML curation step).
+
+For one label map ``L`` (a ``(y, x)`` array of DW class indices 0..K-1, K = 9, and ``nodata`` = 255
+for clouds, shadows and pixels outside the product):
+
+.. math::
+
+    c_k = \\#\\{p : L_p = k\\}, \\qquad
+    n_{valid} = \\sum_k c_k, \\qquad
+    v = n_{valid} / (H W)
+
+    \\text{labelled} \\iff n_{valid} > 0 \\;\\text{and}\\; v \\ge \\text{min\\_valid\\_fraction}
+
+    f_k = c_k / n_{valid} \\;\\text{if labelled, else } 0, \\qquad
+    m_k = [\\, f_k > \\text{presence\\_threshold} \\,]
+
+* ``label_fraction`` (float32, ``f``): share of the *valid* pixels in each class; sums to 1 for a
+  labelled row and is all 0 for an unlabelled one.
+* ``multi_hot`` (uint8, ``m``): a class is present when its fraction is strictly greater than the
+  threshold. The comparison is done in float64 (``c_k / n_valid``) before ``f`` is rounded to
+  float32.
+* **Unlabelled rows** (fewer than ``min_valid_fraction`` of the pixels are valid, or none at all) get
+  an all-zero fraction vector and an all-zero multi-hot. In the SSL4EO-S12-ML JSON this is the
+  empty class list ("no label for this image").
+
+Thresholds are **our documented choice**, not the published one: SSL4EO-S12-ML only states that a
+class is kept when its pixel count/fraction passes a threshold, and the value is unpublished
+(UNVERIFIED in the shared specs, softcon.md §2.3). The defaults (``presence_threshold = 0.01``, i.e.
+a class must cover more than 1 % of the valid pixels, and ``min_valid_fraction = 0.1``) come from
+:class:`pipeline.manifest.LabelsConfig`, where they are explained.
+
+Computation: :func:`label_vectors` is vectorised over any leading dims with one ``np.bincount``
+over the whole batch; bin ``map_index * (K + 1) + class``, with nodata sent to slot ``K``.
+:func:`label_vectors_dask` applies it per chunk with ``map_blocks`` (chunks hold whole maps).
+:func:`compute_archive_labels` streams it over a Zarr archive, and :func:`summary_statistics`
+reduces the stored multi-hot vectors with Dask.
+
+A patch-season counts as *labelled* in the statistics and counts when at least one class is
+present in its multi-hot vector (with the default threshold, every labelled row has one).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
+
+#: ``status`` value of a patch whose data is complete (0 = todo, 2 = failed).
+STATUS_DONE: int = 1
+
+_LABEL_DIMS = ("patch", "season", "y", "x")
+_VECTOR_DIMS = ("patch", "season", "class")
+
+
+# --------------------------------------------------------------------------- numpy core
+def _check_params(n_classes: int, nodata: int, presence_threshold: float, min_valid_fraction: float) -> None:
+    if n_classes < 1:
+        raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+    if 0 <= nodata < n_classes:
+        raise ValueError(f"nodata value {nodata} collides with class indices 0..{n_classes - 1}")
+    if not 0 <= presence_threshold < 1:
+        raise ValueError(f"presence_threshold must be in [0, 1), got {presence_threshold}")
+    if not 0 <= min_valid_fraction <= 1:
+        raise ValueError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
+
+
+def label_vectors(
+    label_maps: np.ndarray,
+    n_classes: int = len(DW_CLASSES),
+    nodata: int = LABEL_NODATA,
+    presence_threshold: float = 0.01,
+    min_valid_fraction: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class fractions and multi-hot vectors of a batch of label maps.
+
+    ``label_maps`` has shape ``(..., y, x)`` with any leading dims (e.g. ``(patch, season, y, x)``)
+    and an integer dtype (uint8 in the archive). Returns ``(fractions, multi_hot)`` of shape
+    ``(..., n_classes)``, float32 and uint8 (formulas in the module docstring).
+
+    Raises ``ValueError`` naming the offending value(s) when a pixel is neither a class index
+    ``0..n_classes-1`` nor ``nodata``, and ``TypeError`` for non-integer input.
+    """
+    _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
+    a = np.asarray(label_maps)
+    if a.ndim < 2:
+        raise ValueError(f"label maps need at least 2 dims (..., y, x), got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"label maps must have an integer dtype, got {a.dtype}")
+    lead = a.shape[:-2]
+    n_maps = math.prod(lead)
+    n_pix = a.shape[-2] * a.shape[-1]
+    n_slots = n_classes + 1  # classes 0..K-1, then nodata in slot K
+
+    codes = a.reshape(n_maps, n_pix).astype(np.intp)  # always a fresh copy, modified in place below
+    is_nodata = codes == nodata
+    bad = ~is_nodata & ((codes < 0) | (codes >= n_classes))
+    if bad.any():
+        values = np.unique(codes[bad])
+        shown = ", ".join(str(v) for v in values[:10]) + (", …" if values.size > 10 else "")
+        raise ValueError(
+            f"label value(s) {shown} outside the class indices 0..{n_classes - 1} "
+            f"and not the nodata value {nodata}"
+        )
+    codes[is_nodata] = n_classes
+    codes += (np.arange(n_maps, dtype=np.intp) * n_slots)[:, None]
+    counts = np.bincount(codes.ravel(), minlength=n_maps * n_slots).reshape(n_maps, n_slots)
+
+    class_counts = counts[:, :n_classes]
+    n_valid = class_counts.sum(axis=1)
+    labelled = (n_valid > 0) & (n_valid >= min_valid_fraction * n_pix)
+    frac64 = np.zeros(class_counts.shape, dtype=np.float64)
+    np.divide(class_counts, n_valid[:, None], out=frac64, where=labelled[:, None])
+    multi_hot = (frac64 > presence_threshold).astype(np.uint8)  # unlabelled rows: frac64 == 0
+    fractions = frac64.astype(np.float32)
+    return fractions.reshape(*lead, n_classes), multi_hot.reshape(*lead, n_classes)
+
+
+# --------------------------------------------------------------------------- dask
+def _vectors_block(block: np.ndarray, n_classes: int, nodata: int,
+                   presence_threshold: float, min_valid_fraction: float) -> np.ndarray:
+    frac, mh = label_vectors(block, n_classes, nodata, presence_threshold, min_valid_fraction)
+    return np.concatenate([frac, mh.astype(np.float32)], axis=-1)
+
+
+def label_vectors_dask(
+    dw_label: da.Array,
+    n_classes: int = len(DW_CLASSES),
+    nodata: int = LABEL_NODATA,
+    presence_threshold: float = 0.01,
+    min_valid_fraction: float = 0.1,
+) -> tuple[da.Array, da.Array]:
+    """Lazy :func:`label_vectors` over a Dask array ``(..., y, x)``, one task per chunk.
+
+    Chunks must hold whole maps; ``y``/``x`` are rechunked to a single chunk when they are not.
+    The outputs ``(..., n_classes)`` (float32 fractions, uint8 multi-hot) keep the input chunking
+    along the leading dims, with the class axis in one chunk. Each chunk is counted once: the
+    block function returns fractions and multi-hot side by side and the two are sliced apart.
+    """
+    _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
+    x = dw_label if isinstance(dw_label, da.Array) else da.asarray(dw_label)
+    if x.ndim < 2:
+        raise ValueError(f"label maps need at least 2 dims (..., y, x), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"label maps must have an integer dtype, got {x.dtype}")
+    nd = x.ndim
+    if len(x.chunks[-1]) != 1 or len(x.chunks[-2]) != 1:
+        x = x.rechunk({nd - 2: -1, nd - 1: -1})
+    # The x axis is dropped and the (single-chunk) y axis becomes the 2K-long value axis.
+    both = x.map_blocks(
+        _vectors_block,
+        n_classes, nodata, presence_threshold, min_valid_fraction,
+        drop_axis=nd - 1,
+        chunks=x.chunks[:-2] + ((2 * n_classes,),),
+        dtype=np.float32,
+        meta=np.empty((0,) * (nd - 1), dtype=np.float32),
+    )
+    fractions = both[..., :n_classes]
+    multi_hot = both[..., n_classes:].astype(np.uint8)
+    return fractions, multi_hot
+
+
+# --------------------------------------------------------------------------- archive
+def _open_dataset(store: str, storage_options: dict[str, Any] | None):
+    import xarray as xr
+
+    kwargs: dict[str, Any] = {"chunks": {}}
+    if storage_options:
+        kwargs["storage_options"] = storage_options
+    return xr.open_zarr(store, **kwargs)
+
+
+def _check_layout(ds) -> int:
+    for name, dims in (("dw_label", _LABEL_DIMS), ("label_fraction", _VECTOR_DIMS),
+                       ("multi_hot", _VECTOR_DIMS), ("status", ("patch",))):
+        if name not in ds.variables:
+            raise ValueError(f"archive has no variable {name!r}")
+        if tuple(ds[name].dims) != dims:
+            raise ValueError(f"archive variable {name!r} has dims {ds[name].dims}, expected {dims}")
+    n_classes = int(ds.sizes["class"])
+    if "class" in ds.coords and [str(c) for c in ds["class"].values] != list(DW_CLASSES)[:n_classes]:
+        raise ValueError(f"archive class coordinate {list(ds['class'].values)} is not the DW order {list(DW_CLASSES)}")
+    return n_classes
+
+
+def _write_chunk_len(arr) -> int:
+    """Patch-axis length of one independently writable unit (a shard if sharded, else a chunk)."""
+    shards = getattr(arr, "shards", None)
+    return int((shards or arr.chunks)[0])
+
+
+def compute_archive_labels(
+    store: str,
+    presence_threshold: float = 0.01,
+    min_valid_fraction: float = 0.1,
+    nodata: int = LABEL_NODATA,
+    batch_patches: int = 256,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, int]:
+    """Compute and store ``label_fraction`` / ``multi_hot`` for every *done* patch of an archive.
+
+    The archive is processed in patch batches aligned to the write chunks (shards) of the two
+    output arrays and at least ``batch_patches`` long. In each batch the ``dw_label`` chunks of the
+    done patches are turned into label vectors with :func:`label_vectors_dask` (one Dask task per
+    chunk, on the current Dask scheduler) and the batch's region is written with zarr. Patches
+    that are not done keep their stored vectors. Memory stays at one batch of label vectors plus
+    the chunks in flight; ``dw_label`` is never loaded whole.
+
+    Returns counts: ``patches``, ``patches_done``, ``patches_skipped`` (not done),
+    ``patch_seasons_labelled`` / ``patch_seasons_unlabelled`` (over done patches) and
+    ``regions_written``.
+    """
+    import zarr
+
+    if batch_patches < 1:
+        raise ValueError(f"batch_patches must be >= 1, got {batch_patches}")
+    ds = _open_dataset(store, storage_options)
+    n_classes = _check_layout(ds)
+    _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
+    status = np.asarray(ds["status"].values)
+    n_patch = status.shape[0]
+    done = np.flatnonzero(status == STATUS_DONE)
+    dw = ds["dw_label"].data
+
+    group = zarr.open_group(store, mode="r+", **({"storage_options": storage_options} if storage_options else {}))
+    frac_arr, mh_arr = group["label_fraction"], group["multi_hot"]
+    unit = math.lcm(_write_chunk_len(frac_arr), _write_chunk_len(mh_arr))
+    step = unit * max(1, -(-batch_patches // unit))
+
+    n_labelled = n_regions = 0
+    for p0 in range(0, n_patch, step):
+        p1 = min(p0 + step, n_patch)
+        sel = done[(done >= p0) & (done < p1)]
+        if sel.size == 0:
+            continue
+        frac_d, mh_d = label_vectors_dask(dw[sel], n_classes, nodata, presence_threshold, min_valid_fraction)
+        frac_new, mh_new = dask.compute(frac_d, mh_d)
+        n_labelled += int(mh_new.any(axis=-1).sum())
+        if sel.size == p1 - p0:
+            frac_blk, mh_blk = frac_new, mh_new
+        else:  # keep the stored vectors of patches that are not done
+            frac_blk = np.asarray(frac_arr[p0:p1])
+            mh_blk = np.asarray(mh_arr[p0:p1])
+            frac_blk[sel - p0] = frac_new
+            mh_blk[sel - p0] = mh_new
+        frac_arr[p0:p1] = frac_blk.astype(frac_arr.dtype, copy=False)
+        mh_arr[p0:p1] = mh_blk.astype(mh_arr.dtype, copy=False)
+        n_regions += 1
+
+    n_done_ps = int(done.size) * int(ds.sizes["season"])
+    return {
+        "patches": int(n_patch),
+        "patches_done": int(done.size),
+        "patches_skipped": int(n_patch - done.size),
+        "patch_seasons_labelled": n_labelled,
+        "patch_seasons_unlabelled": n_done_ps - n_labelled,
+        "regions_written": n_regions,
+    }
+
+
+# --------------------------------------------------------------------------- statistics
+def summary_statistics(store: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Label statistics over the done patches of an archive, reduced with Dask (streaming).
+
+    Returned keys (K = number of classes; "labelled" = at least one class present):
+
+    ``classes``, ``palette``
+        Class names and DW colours.
+    ``n_patches_done``, ``n_patch_seasons``
+        Done patches and their patch-seasons (done × seasons).
+    ``n_labelled``
+        Labelled patch-seasons.
+    ``class_counts`` (K,)
+        Labelled patch-seasons where each class is present.
+    ``class_frequency`` (K,)
+        ``class_counts / n_labelled``.
+    ``mean_class_fraction`` (K,)
+        Mean of ``label_fraction`` over the labelled patch-seasons.
+    ``cooccurrence`` (K, K)
+        ``C[i, j]`` = patch-seasons where classes i and j are both present (diagonal = class counts).
+    ``cooccurrence_normalized`` (K, K)
+        ``C[i, j] / C[i, i]`` = P(j present | i present); NaN rows for classes never present.
+    ``labels_per_image`` (K + 1,)
+        Number of done patch-seasons with exactly k classes present (k = 0 is unlabelled).
+    ``mean_labels_per_labelled_image``
+        Mean number of classes over the labelled patch-seasons.
+
+    Ratios with a zero denominator are NaN.
+    """
+    ds = _open_dataset(store, storage_options)
+    n_classes = _check_layout(ds)
+    status = np.asarray(ds["status"].values)
+    done = np.flatnonzero(status == STATUS_DONE)
+    mh = ds["multi_hot"].data[done].astype(np.int64)  # (p, s, K)
+    frac = ds["label_fraction"].data[done].astype(np.float64)
+
+    n_lab_per = mh.sum(axis=-1)  # (p, s)
+    labelled = n_lab_per > 0
+    (n_labelled, class_counts, frac_sum, cooc, per_k) = dask.compute(
+        labelled.sum(),
+        mh.sum(axis=(0, 1)),
+        da.where(labelled[..., None], frac, 0.0).sum(axis=(0, 1)),
+        da.tensordot(mh, mh, axes=([0, 1], [0, 1])),
+        (n_lab_per[..., None] == np.arange(n_classes + 1)).sum(axis=(0, 1)),
+    )
+    n_labelled = int(n_labelled)
+    class_counts = np.asarray(class_counts, dtype=np.int64)
+    cooc = np.asarray(cooc, dtype=np.int64)
+    per_k = np.asarray(per_k, dtype=np.int64)
+
+    def ratio(num: np.ndarray, den: np.ndarray | float) -> np.ndarray:
+        num = np.asarray(num, dtype=np.float64)
+        den = np.broadcast_to(np.asarray(den, dtype=np.float64), num.shape)
+        out = np.full(num.shape, np.nan)
+        np.divide(num, den, out=out, where=den > 0)
+        return out
+
+    diag = np.diag(cooc)
+    return {
+        "classes": list(DW_CLASSES)[:n_classes],
+        "palette": list(DW_PALETTE)[:n_classes],
+        "n_patches_done": int(done.size),
+        "n_patch_seasons": int(done.size) * int(ds.sizes["season"]),
+        "n_labelled": n_labelled,
+        "class_counts": class_counts,
+        "class_frequency": ratio(class_counts, n_labelled),
+        "mean_class_fraction": ratio(np.asarray(frac_sum), n_labelled),
+        "cooccurrence": cooc,
+        "cooccurrence_normalized": ratio(cooc, diag[:, None]),
+        "labels_per_image": per_k,
+        "mean_labels_per_labelled_image": float(ratio(np.dot(np.arange(n_classes + 1), per_k), n_labelled)),
+    }
+
+
+# --------------------------------------------------------------------------- plots
+def _figure(figsize: tuple[float, float]):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)  # Agg without touching pyplot's global backend
+    return fig
+
+
+def plot_class_frequencies(stats: dict[str, Any], path_png: str) -> str:
+    """Bar charts of class frequency and mean class fraction, in the DW palette; writes a PNG."""
+    classes = list(stats["classes"])
+    colours = list(stats.get("palette", DW_PALETTE))[: len(classes)]
+    fig = _figure((10, 4))
+    axes = fig.subplots(1, 2)
+    panels = (
+        ("class_frequency", "Share of labelled images where present"),
+        ("mean_class_fraction", "Mean fraction of valid pixels"),
+    )
+    ypos = np.arange(len(classes))
+    for ax, (key, title) in zip(axes, panels):
+        values = np.nan_to_num(np.asarray(stats[key], dtype=np.float64))
+        ax.barh(ypos, values, color=colours, edgecolor="0.3", linewidth=0.5)
+        ax.set_yticks(ypos, classes)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(1e-9, float(values.max(initial=0))) * 1.15)
+        ax.set_title(title, fontsize=10)
+        for y, v in zip(ypos, values):
+            ax.text(v, y, f" {v:.1%}", va="center", fontsize=8)
+    fig.suptitle(f"Dynamic World classes over {stats['n_labelled']} labelled patch-seasons")
+    fig.savefig(path_png, dpi=100)
+    return str(path_png)
+
+
+def plot_cooccurrence(stats: dict[str, Any], path_png: str) -> str:
+    """Heat map of P(column class present | row class present), DW colours on the axes; writes a PNG."""
+    from matplotlib.patches import Rectangle
+
+    classes = list(stats["classes"])
+    colours = list(stats.get("palette", DW_PALETTE))[: len(classes)]
+    k = len(classes)
+    norm = np.asarray(stats["cooccurrence_normalized"], dtype=np.float64)
+    counts = np.asarray(stats["cooccurrence"])
+    fig = _figure((7.5, 6.5))
+    ax = fig.subplots()
+    im = ax.imshow(np.ma.masked_invalid(norm), vmin=0, vmax=1, cmap="viridis")
+    fig.colorbar(im, ax=ax, label="P(column present | row present)")
+    ax.set_xticks(np.arange(k), classes, rotation=45, ha="right")
+    ax.set_yticks(np.arange(k), classes)
+    for i in range(k):
+        for j in range(k):
+            if np.isfinite(norm[i, j]):
+                ax.text(j, i, f"{norm[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] < 0.6 else "black")
+    # DW colour swatches just outside the left and top edges of the matrix.
+    for i, c in enumerate(colours):
+        ax.add_patch(Rectangle((-0.95, i - 0.5), 0.4, 1.0, color=c, clip_on=False))
+        ax.add_patch(Rectangle((i - 0.5, -0.95), 1.0, 0.4, color=c, clip_on=False))
+    ax.set_xlim(-0.5, k - 0.5)
+    ax.set_ylim(k - 0.5, -0.5)
+    ax.set_title(f"Class co-occurrence over {stats['n_labelled']} labelled patch-seasons", fontsize=10)
+    fig.savefig(path_png, dpi=100)
+    return str(path_png)

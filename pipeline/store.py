@@ -1,0 +1,353 @@
+"""The Zarr v3 archive: one store holding every modality, the label maps and vectors, and per-patch status.
+
+Layout (dimension names in brackets; ``P`` patches = locations, ``S`` seasons)::
+
+    s2_l1c          [patch, season, band_s2_l1c, y, x]  uint16 DN (reflectance × 10000), fill 0
+    s2_l2a          [patch, season, band_s2_l2a, y, x]  uint16 DN, fill 0
+    s1_grd          [patch, season, band_s1_grd, y, x]  float32 dB, fill NaN
+    dw_label        [patch, season, y, x]               uint8 Dynamic World class, 255 = no label
+    label_fraction  [patch, season, class]              float32 class fractions of valid pixels
+    multi_hot       [patch, season, class]              uint8 presence (fraction > threshold)
+    acquired        [patch, season, modality]           int32 days since 1970-01-01 (CF-decoded to dates), -1 = none
+    image_id        [patch, season, modality]           string (S2 system:index, S1 product id)
+    cloud_pct       [patch, season, modality]           float32 scene cloudy-pixel percentage (NaN for S1)
+    label_method    [patch, season]                     string: "matched" | "mode" | ""
+    status          [patch]                             int8: 0 todo, 1 done, 2 failed
+    status_reason   [patch]                             string (why a patch failed)
+    coordinates: patch_id (7-digit), lon, lat, epsg, x, y (UTM centre), city, band names, class names, modality
+
+Images and label maps use one (patch, season) per chunk inside shards of ``patches_per_shard``
+patches (all seasons); small arrays are chunked by shard. Attributes hold the full manifest, its
+hash, the source description (``synthetic: true`` for generated data), band and class names and
+the software version.
+
+Writing protocol (idempotent and resumable): :func:`create_archive` writes the template (metadata
+and coordinates only, via xarray with ``compute=False``), then each shard is written by exactly
+one task with chunk-aligned region writes; the shard's ``status`` is written last. A rerun reads
+``status`` and skips what is done, so nothing is duplicated; a shard interrupted before its status
+was written is simply redone (sources are deterministic, so the bytes are the same).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
+from pipeline.locations import Location
+from pipeline.manifest import CompressorConfig, Manifest
+
+STATUS_TODO, STATUS_DONE, STATUS_FAILED = 0, 1, 2
+STATUS_NAMES = {STATUS_TODO: "todo", STATUS_DONE: "done", STATUS_FAILED: "failed"}
+MODALITY_ORDER = ("s2_l1c", "s2_l2a", "s1_grd")
+NO_DATE = -1
+EPOCH = dt.date(1970, 1, 1)
+
+
+class ArchiveError(RuntimeError):
+    """The archive at a path cannot be used for this manifest (different manifest, bad layout, …)."""
+
+
+def software_version() -> str:
+    try:
+        return version("softcon-ssl4eo")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def _compressors(cfg: CompressorConfig) -> list[Any] | None:
+    if cfg.codec == "none":
+        return None
+    if cfg.codec == "zstd":
+        return [ZstdCodec(level=cfg.clevel)]
+    return [BloscCodec(cname=cfg.cname, clevel=cfg.clevel, shuffle=cfg.shuffle)]
+
+
+def _fill(dtype: str) -> Any:
+    return np.nan if np.dtype(dtype).kind == "f" else 0
+
+
+@dataclass(frozen=True)
+class ArchiveLayout:
+    """Sizes and names derived from a manifest; the single place that knows the archive's shape."""
+
+    n_patches: int
+    n_seasons: int
+    size: int
+    patches_per_shard: int
+    modalities: dict[str, tuple[str, ...]]
+    classes: tuple[str, ...] = DW_CLASSES
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, n_patches: int) -> "ArchiveLayout":
+        return cls(
+            n_patches=n_patches,
+            n_seasons=len(manifest.seasons.reference_dates),
+            size=manifest.patch.size_px,
+            patches_per_shard=manifest.store.patches_per_shard,
+            modalities=manifest.modalities.selected(),
+        )
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_patches // self.patches_per_shard)
+
+    def shard_slice(self, shard: int) -> slice:
+        a = shard * self.patches_per_shard
+        return slice(a, min(a + self.patches_per_shard, self.n_patches))
+
+
+def archive_template(manifest: Manifest, locations: list[Location], source_description: dict) -> tuple[xr.Dataset, dict]:
+    """Lazy (dask) dataset with the archive's variables, coordinates, attributes, and its zarr encoding."""
+    layout = ArchiveLayout.from_manifest(manifest, len(locations))
+    P, S, H, pps = layout.n_patches, layout.n_seasons, layout.size, layout.patches_per_shard
+    M = len(MODALITY_ORDER)
+    compressors = _compressors(manifest.store.compressor)
+    data_vars: dict[str, Any] = {}
+    encoding: dict[str, dict] = {}
+
+    def big(name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: str, fill: Any, attrs: dict):
+        inner = (1, 1) + shape[2:]
+        shard = (min(pps, P), S) + shape[2:]
+        data_vars[name] = xr.Variable(dims, da.full(shape, fill, dtype=dtype, chunks=shard), attrs)
+        encoding[name] = {"chunks": inner, "shards": shard, "compressors": compressors, "fill_value": fill}
+
+    def small(name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: Any, fill: Any, attrs: dict):
+        chunks = (min(pps, P),) + shape[1:]
+        if dtype is object:
+            arr = da.from_array(np.full(shape, fill, dtype=object), chunks=chunks)
+        else:
+            arr = da.full(shape, fill, dtype=dtype, chunks=chunks)
+        data_vars[name] = xr.Variable(dims, arr, attrs)
+        encoding[name] = {"chunks": chunks}
+        if dtype is not object:
+            encoding[name]["fill_value"] = fill
+
+    for name, bands in layout.modalities.items():
+        dtype = MODALITY_DTYPES[name]
+        units = "dB" if name == "s1_grd" else "DN = reflectance x 10000"
+        big(name, ("patch", "season", f"band_{name}", "y", "x"), (P, S, len(bands), H, H), dtype,
+            _fill(dtype), {"units": units, "bands": list(bands)})
+    big("dw_label", ("patch", "season", "y", "x"), (P, S, H, H), "uint8", LABEL_NODATA,
+        {"nodata": LABEL_NODATA, "classes": list(DW_CLASSES), "palette": list(manifest.labels.palette)})
+    small("label_fraction", ("patch", "season", "class"), (P, S, len(DW_CLASSES)), "float32", 0.0,
+          {"description": "fraction of valid label pixels per class"})
+    small("multi_hot", ("patch", "season", "class"), (P, S, len(DW_CLASSES)), "uint8", 0,
+          {"presence_threshold": manifest.labels.presence_threshold,
+           "min_valid_fraction": manifest.labels.min_valid_fraction})
+    small("acquired", ("patch", "season", "modality"), (P, S, M), "int32", NO_DATE,
+          {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"})
+    small("image_id", ("patch", "season", "modality"), (P, S, M), object, "", {})
+    small("cloud_pct", ("patch", "season", "modality"), (P, S, M), "float32", np.nan, {"units": "%"})
+    small("label_method", ("patch", "season"), (P, S), object, "", {})
+    small("status", ("patch",), (P,), "int8", STATUS_TODO,
+          {"flag_values": list(STATUS_NAMES), "flag_meanings": " ".join(STATUS_NAMES.values())})
+    small("status_reason", ("patch",), (P,), object, "", {})
+    # acquired holds CF-encoded dates but is written raw by the shard tasks: keep xarray from re-encoding.
+    data_vars["acquired"].attrs.pop("units")
+    data_vars["acquired"].attrs.pop("calendar")
+
+    coords = {
+        "patch_id": ("patch", np.array([loc.id for loc in locations], dtype=object)),
+        "lon": ("patch", np.array([loc.lon for loc in locations], dtype="float64")),
+        "lat": ("patch", np.array([loc.lat for loc in locations], dtype="float64")),
+        "epsg": ("patch", np.array([loc.epsg for loc in locations], dtype="int32")),
+        "utm_x": ("patch", np.array([loc.x for loc in locations], dtype="float64")),
+        "utm_y": ("patch", np.array([loc.y for loc in locations], dtype="float64")),
+        "city": ("patch", np.array([loc.city for loc in locations], dtype=object)),
+        "season": ("season", np.arange(S, dtype="int16")),
+        "reference_date": ("season", np.array([str(d) for d in manifest.seasons.reference_dates], dtype=object)),
+        "class": ("class", np.array(DW_CLASSES, dtype=object)),
+        "modality": ("modality", np.array(MODALITY_ORDER, dtype=object)),
+    }
+    for name, bands in layout.modalities.items():
+        coords[f"band_{name}"] = (f"band_{name}", np.array(bands, dtype=object))
+    for name in ("patch_id", "lon", "lat", "epsg", "utm_x", "utm_y", "city"):
+        encoding[name] = {"chunks": (min(pps, P),)}
+
+    attrs = {
+        "title": manifest.name,
+        "dataset_version": manifest.version,
+        "manifest": manifest.model_dump(mode="json"),
+        "manifest_hash": manifest.content_hash(),
+        "source": source_description,
+        "synthetic": bool(source_description.get("synthetic", False)),
+        "band_names": {k: list(v) for k, v in layout.modalities.items()},
+        "class_names": list(DW_CLASSES),
+        "software": "softcon-ssl4eo",
+        "software_version": software_version(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "layout": {"patches_per_shard": pps, "n_patches": P, "n_seasons": S, "size": H},
+    }
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return ds, encoding
+
+
+def _storage_options(manifest: Manifest) -> dict | None:
+    return dict(manifest.store.storage_options) or None
+
+
+def open_group(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    return zarr.open_group(path, mode=mode, storage_options=storage_options, zarr_format=3)
+
+
+def archive_exists(path: str, storage_options: dict | None = None) -> bool:
+    try:
+        group = open_group(path, "r", storage_options)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
+        return False
+    return "status" in group and "manifest_hash" in group.attrs
+
+
+def create_archive(manifest: Manifest, locations: list[Location], source_description: dict) -> ArchiveLayout:
+    """Write the template, or check that an existing archive was made from the same manifest."""
+    path, so = manifest.store.path, _storage_options(manifest)
+    layout = ArchiveLayout.from_manifest(manifest, len(locations))
+    if archive_exists(path, so):
+        attrs = open_group(path, "r", so).attrs
+        if attrs["manifest_hash"] != manifest.content_hash():
+            raise ArchiveError(
+                f"{path}: the archive was created from a different manifest "
+                f"(hash {attrs['manifest_hash'][:12]}…, this one {manifest.content_hash()[:12]}…); "
+                "point store.path at a new location or delete the old archive")
+        return layout
+    ds, encoding = archive_template(manifest, locations, source_description)
+    # Coordinates and small numpy variables are written now; dask variables only as metadata.
+    ds.to_zarr(path, mode="w", compute=False, encoding=encoding, zarr_format=3, consolidated=False,
+               storage_options=so)
+    return layout
+
+
+@dataclass
+class PatchResult:
+    """Everything one patch (all seasons) contributes to the archive."""
+
+    index: int
+    status: int
+    reason: str = ""
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # modality → (S, band, y, x)
+    dw_label: np.ndarray | None = None  # (S, y, x)
+    label_fraction: np.ndarray | None = None  # (S, C)
+    multi_hot: np.ndarray | None = None  # (S, C)
+    acquired: np.ndarray | None = None  # (S, M) int32
+    image_id: np.ndarray | None = None  # (S, M) object
+    cloud_pct: np.ndarray | None = None  # (S, M) float32
+    label_method: np.ndarray | None = None  # (S,) object
+
+
+def _empty_patch_arrays(layout: ArchiveLayout) -> dict[str, np.ndarray]:
+    S, H, M, C = layout.n_seasons, layout.size, len(MODALITY_ORDER), len(layout.classes)
+    out = {name: np.full((S, len(b), H, H), _fill(MODALITY_DTYPES[name]), dtype=MODALITY_DTYPES[name])
+           for name, b in layout.modalities.items()}
+    out.update(
+        dw_label=np.full((S, H, H), LABEL_NODATA, np.uint8),
+        label_fraction=np.zeros((S, C), np.float32),
+        multi_hot=np.zeros((S, C), np.uint8),
+        acquired=np.full((S, M), NO_DATE, np.int32),
+        image_id=np.full((S, M), "", dtype=object),
+        cloud_pct=np.full((S, M), np.nan, np.float32),
+        label_method=np.full((S,), "", dtype=object),
+    )
+    return out
+
+
+PATCH_VARIABLES = ("dw_label", "label_fraction", "multi_hot", "acquired", "image_id", "cloud_pct", "label_method")
+
+
+def write_patches(group: zarr.Group, layout: ArchiveLayout, results: list[PatchResult]) -> None:
+    """Write the results of consecutive patches (one shard task's work) and then their status.
+
+    Results must cover a contiguous index range inside one shard, so the writes are shard-aligned
+    when the whole shard is written and never touch another task's shard otherwise.
+    """
+    if not results:
+        return
+    results = sorted(results, key=lambda r: r.index)
+    a, b = results[0].index, results[-1].index + 1
+    if [r.index for r in results] != list(range(a, b)):
+        raise ValueError("write_patches needs a contiguous run of patch indices")
+    if a // layout.patches_per_shard != (b - 1) // layout.patches_per_shard:
+        raise ValueError(f"patches {a}..{b - 1} span more than one shard")
+    stacked: dict[str, list[np.ndarray]] = {}
+    for r in results:
+        arrays = _empty_patch_arrays(layout)
+        if r.status == STATUS_DONE:
+            for name in layout.modalities:
+                arrays[name] = r.images[name]
+            for name in PATCH_VARIABLES:
+                arrays[name] = getattr(r, name)
+        for name, arr in arrays.items():
+            stacked.setdefault(name, []).append(arr)
+    for name, parts in stacked.items():
+        group[name][a:b] = np.stack(parts)
+    # Status last: a shard is only "done" once all its data is on disk.
+    group["status_reason"][a:b] = np.array([r.reason for r in results], dtype=object)
+    group["status"][a:b] = np.array([r.status for r in results], dtype=np.int8)
+
+
+def read_status(path: str, storage_options: dict | None = None) -> np.ndarray:
+    return open_group(path, "r", storage_options)["status"][:]
+
+
+def open_archive(path: str, storage_options: dict | None = None, patches_per_chunk: int | None = None) -> xr.Dataset:
+    """Open the archive with xarray; ``acquired`` decoded to dates. Chunks default to whole shards."""
+    group = open_group(path, "r", storage_options)
+    pps = patches_per_chunk or int(group.attrs["layout"]["patches_per_shard"])
+    ds = xr.open_zarr(path, consolidated=False, chunks={"patch": pps}, storage_options=storage_options,
+                      zarr_format=3)
+    days = ds["acquired"]
+    ds["acquired"] = xr.where(days >= 0, np.datetime64("1970-01-01", "D") + days.astype("timedelta64[D]"),
+                              np.datetime64("NaT", "D"))
+    return ds
+
+
+def date_to_days(d: dt.date) -> int:
+    return (d - EPOCH).days
+
+
+def summarize(path: str, storage_options: dict | None = None) -> dict:
+    """Counts of done/failed/todo patches, failure reasons, and class frequencies of done patches."""
+    group = open_group(path, "r", storage_options)
+    status = group["status"][:]
+    reasons = group["status_reason"][:]
+    counts = {STATUS_NAMES[k]: int((status == k).sum()) for k in STATUS_NAMES}
+    failures: dict[str, int] = {}
+    for r in reasons[status == STATUS_FAILED]:
+        key = str(r).split(":")[0] if r else "unknown"
+        failures[key] = failures.get(key, 0) + 1
+    done = np.flatnonzero(status == STATUS_DONE)
+    class_counts = np.zeros(len(DW_CLASSES), dtype=np.int64)
+    labelled = 0
+    mh = group["multi_hot"]
+    step = int(group.attrs["layout"]["patches_per_shard"]) * 16
+    for start in range(0, len(status), step):
+        block = mh[start:start + step]
+        keep = status[start:start + step] == STATUS_DONE
+        block = block[keep].reshape(-1, len(DW_CLASSES))
+        has = block.any(axis=1)
+        labelled += int(has.sum())
+        class_counts += block[has].sum(axis=0).astype(np.int64)
+    return {
+        "path": path,
+        "title": group.attrs.get("title"),
+        "synthetic": bool(group.attrs.get("synthetic", False)),
+        "source": group.attrs.get("source", {}).get("name"),
+        "manifest_hash": group.attrs.get("manifest_hash"),
+        "n_patches": int(len(status)),
+        "n_seasons": int(group.attrs["layout"]["n_seasons"]),
+        "status": counts,
+        "failures": failures,
+        "done_patches": int(len(done)),
+        "labelled_images": labelled,
+        "class_frequency": {c: (float(n) / labelled if labelled else 0.0) for c, n in zip(DW_CLASSES, class_counts)},
+        "software_version": group.attrs.get("software_version"),
+        "created": group.attrs.get("created"),
+    }
