@@ -49,6 +49,7 @@ STATUS_TODO, STATUS_DONE, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_TODO: "todo", STATUS_DONE: "done", STATUS_FAILED: "failed"}
 MODALITY_ORDER = ("s2_l1c", "s2_l2a", "s1_grd")
 NO_DATE = -1
+STRING = np.dtypes.StringDType()
 EPOCH = dt.date(1970, 1, 1)
 
 
@@ -122,13 +123,10 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
 
     def small(name: str, dims: tuple[str, ...], shape: tuple[int, ...], dtype: Any, fill: Any, attrs: dict):
         chunks = (min(pps, P),) + shape[1:]
-        if dtype is object:
-            arr = da.from_array(np.full(shape, fill, dtype=object), chunks=chunks)
-        else:
-            arr = da.full(shape, fill, dtype=dtype, chunks=chunks)
+        arr = da.full(shape, fill, dtype=dtype, chunks=chunks)
         data_vars[name] = xr.Variable(dims, arr, attrs)
         encoding[name] = {"chunks": chunks}
-        if dtype is not object:
+        if dtype is not STRING:
             encoding[name]["fill_value"] = fill
 
     for name, bands in layout.modalities.items():
@@ -145,12 +143,12 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
            "min_valid_fraction": manifest.labels.min_valid_fraction})
     small("acquired", ("patch", "season", "modality"), (P, S, M), "int32", NO_DATE,
           {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian"})
-    small("image_id", ("patch", "season", "modality"), (P, S, M), object, "", {})
+    small("image_id", ("patch", "season", "modality"), (P, S, M), STRING, "", {})
     small("cloud_pct", ("patch", "season", "modality"), (P, S, M), "float32", np.nan, {"units": "%"})
-    small("label_method", ("patch", "season"), (P, S), object, "", {})
+    small("label_method", ("patch", "season"), (P, S), STRING, "", {})
     small("status", ("patch",), (P,), "int8", STATUS_TODO,
           {"flag_values": list(STATUS_NAMES), "flag_meanings": " ".join(STATUS_NAMES.values())})
-    small("status_reason", ("patch",), (P,), object, "", {})
+    small("status_reason", ("patch",), (P,), STRING, "", {})
     # acquired holds CF-encoded dates but is written raw by the shard tasks: keep xarray from re-encoding.
     data_vars["acquired"].attrs.pop("units")
     data_vars["acquired"].attrs.pop("calendar")
@@ -191,12 +189,21 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
     return ds, encoding
 
 
+def storage_options_for(path: str, storage_options: dict | None = None) -> dict | None:
+    """fsspec options for a store URL; ``file://`` URLs get ``auto_mkdir`` so nested keys can be written."""
+    opts = dict(storage_options or {})
+    if path.startswith("file://"):
+        opts.setdefault("auto_mkdir", True)
+    return opts or None if "://" in path else None
+
+
 def _storage_options(manifest: Manifest) -> dict | None:
-    return dict(manifest.store.storage_options) or None
+    return storage_options_for(manifest.store.path, manifest.store.storage_options)
 
 
 def open_group(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
-    return zarr.open_group(path, mode=mode, storage_options=storage_options, zarr_format=3)
+    return zarr.open_group(path, mode=mode, storage_options=storage_options_for(path, storage_options),
+                           zarr_format=3)
 
 
 def archive_exists(path: str, storage_options: dict | None = None) -> bool:
@@ -301,7 +308,8 @@ def open_archive(path: str, storage_options: dict | None = None, patches_per_chu
     """Open the archive with xarray; ``acquired`` decoded to dates. Chunks default to whole shards."""
     group = open_group(path, "r", storage_options)
     pps = patches_per_chunk or int(group.attrs["layout"]["patches_per_shard"])
-    ds = xr.open_zarr(path, consolidated=False, chunks={"patch": pps}, storage_options=storage_options,
+    ds = xr.open_zarr(path, consolidated=False, chunks={"patch": pps},
+                      storage_options=storage_options_for(path, storage_options),
                       zarr_format=3)
     days = ds["acquired"]
     ds["acquired"] = xr.where(days >= 0, np.datetime64("1970-01-01", "D") + days.astype("timedelta64[D]"),
