@@ -61,12 +61,12 @@ def curate(
     """Build (or resume) the Zarr archive described by MANIFEST with the Prefect curation flow."""
     _offline_defaults()
     _load_or_exit(manifest)
-    from flows.curate import run_curation
+    from flows.curate import curate_manifest
     from pipeline.sources import SourceError
     from pipeline.store import ArchiveError
 
     try:
-        summary = run_curation(str(manifest), dask_address=dask_address, retry_failed=retry_failed,
+        summary = curate_manifest(str(manifest), dask_address=dask_address, retry_failed=retry_failed,
                                show_progress=progress and sys.stderr.isatty())
     except (ArchiveError, SourceError, NotImplementedError, ValueError) as err:
         err_console.print(f"[bold red]error:[/] {err}")

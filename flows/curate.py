@@ -198,9 +198,10 @@ def task_runner_for(manifest: Manifest, dask_address: str | None = None):
     )
 
 
-def run_curation(manifest_path: str, dask_address: str | None = None, retry_failed: bool = False,
-                 show_progress: bool = False) -> dict:
-    """Entry point used by the CLI: validate, pick the task runner, run the flow."""
+@flow(name="curate-manifest")
+def curate_manifest(manifest_path: str = "data_manifest.yaml", dask_address: str | None = None,
+                    retry_failed: bool = False, show_progress: bool = False) -> dict:
+    """Entry point of the CLI and of deployments: pick the Dask task runner, run :func:`curate` as a subflow."""
     manifest = load_manifest(manifest_path)
     flow_with_runner = curate.with_options(task_runner=task_runner_for(manifest, dask_address))
     return flow_with_runner(str(manifest_path), retry_failed=retry_failed, show_progress=show_progress)

@@ -1,18 +1,13 @@
 """Per-image multi-label vectors from Dynamic World label maps (the SSL4EO-S12-ML curation step).
 
 For one label map ``L`` (a ``(y, x)`` array of DW class indices 0..K-1, K = 9, and ``nodata`` = 255
-for clouds, shadows and pixels outside the product):
+for clouds, shadows and pixels outside the product) with ``H * W`` pixels::
 
-.. math::
-
-    c_k = \\#\\{p : L_p = k\\}, \\qquad
-    n_{valid} = \\sum_k c_k, \\qquad
-    v = n_{valid} / (H W)
-
-    \\text{labelled} \\iff n_{valid} > 0 \\;\\text{and}\\; v \\ge \\text{min\\_valid\\_fraction}
-
-    f_k = c_k / n_{valid} \\;\\text{if labelled, else } 0, \\qquad
-    m_k = [\\, f_k > \\text{presence\\_threshold} \\,]
+    c_k      = #{pixels p : L[p] == k}                  for k = 0..K-1
+    n_valid  = sum_k c_k                                 (pixels that are not nodata)
+    labelled = n_valid > 0  and  n_valid / (H * W) >= min_valid_fraction
+    f_k      = c_k / n_valid   if labelled, else 0       -> label_fraction
+    m_k      = 1 if f_k > presence_threshold, else 0     -> multi_hot
 
 * ``label_fraction`` (float32, ``f``): share of the *valid* pixels in each class; sums to 1 for a
   labelled row and is all 0 for an unlabelled one.
@@ -23,9 +18,9 @@ for clouds, shadows and pixels outside the product):
   an all-zero fraction vector and an all-zero multi-hot. In the SSL4EO-S12-ML JSON this is the
   empty class list ("no label for this image").
 
-Thresholds are **our documented choice**, not the published one: SSL4EO-S12-ML only states that a
-class is kept when its pixel count/fraction passes a threshold, and the value is unpublished
-(UNVERIFIED in the shared specs, softcon.md §2.3). The defaults (``presence_threshold = 0.01``, i.e.
+Thresholds are **our documented choice**, not the published one: in SSL4EO-S12-ML a class is
+taken to be present when its pixel count or fraction passes a threshold, but the rule and its value
+are unpublished (UNVERIFIED in the shared specs, softcon.md §2.3). The defaults (``presence_threshold = 0.01``, i.e.
 a class must cover more than 1 % of the valid pixels, and ``min_valid_fraction = 0.1``) come from
 :class:`pipeline.manifest.LabelsConfig`, where they are explained.
 
@@ -33,15 +28,17 @@ Computation: :func:`label_vectors` is vectorised over any leading dims with one 
 over the whole batch; bin ``map_index * (K + 1) + class``, with nodata sent to slot ``K``.
 :func:`label_vectors_dask` applies it per chunk with ``map_blocks`` (chunks hold whole maps).
 :func:`compute_archive_labels` streams it over a Zarr archive, and :func:`summary_statistics`
-reduces the stored multi-hot vectors with Dask.
+reduces the stored multi-hot vectors (and fractions, for the mean) with Dask.
 
 A patch-season counts as *labelled* in the statistics and counts when at least one class is
-present in its multi-hot vector (with the default threshold, every labelled row has one).
+present in its multi-hot vector. With any threshold below 1/K (the default included) every labelled
+row has one, so this equals the ``min_valid_fraction`` rule.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import dask
@@ -171,7 +168,10 @@ def _open_dataset(store: str, storage_options: dict[str, Any] | None):
     kwargs: dict[str, Any] = {"chunks": {}}
     if storage_options:
         kwargs["storage_options"] = storage_options
-    return xr.open_zarr(store, **kwargs)
+    with warnings.catch_warnings():  # stores without consolidated metadata are fine here
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata",
+                                category=RuntimeWarning)
+        return xr.open_zarr(store, **kwargs)
 
 
 def _check_layout(ds) -> int:
@@ -397,6 +397,6 @@ def plot_cooccurrence(stats: dict[str, Any], path_png: str) -> str:
         ax.add_patch(Rectangle((i - 0.5, -0.95), 1.0, 0.4, color=c, clip_on=False))
     ax.set_xlim(-0.5, k - 0.5)
     ax.set_ylim(k - 0.5, -0.5)
-    ax.set_title(f"Class co-occurrence over {stats['n_labelled']} labelled patch-seasons", fontsize=10)
+    ax.set_title(f"Class co-occurrence over {stats['n_labelled']} labelled patch-seasons", fontsize=10, pad=18)
     fig.savefig(path_png, dpi=100)
     return str(path_png)

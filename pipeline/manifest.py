@@ -224,9 +224,14 @@ class Manifest(_Strict):
     pretrain: PretrainHook = PretrainHook()
 
     def content_hash(self) -> str:
-        """SHA-256 of the parts that define the archive's contents (not compute or pretrain settings)."""
+        """SHA-256 of what defines the archive's contents and layout.
+
+        Compute and pretraining settings, the description and where the store lives (path, credentials)
+        are left out: moving an archive or running it on another cluster does not change it.
+        """
         data = self.model_dump(mode="json", exclude={"compute", "pretrain", "description"})
         data["store"].pop("storage_options", None)
+        data["store"].pop("path", None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 

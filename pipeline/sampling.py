@@ -62,6 +62,7 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import geopandas as gpd
 import numpy as np
@@ -249,6 +250,14 @@ def project_to_utm(lon: np.ndarray, lat: np.ndarray, epsg: np.ndarray) -> tuple[
 
 
 # --------------------------------------------------------------------------- sampler core
+class Centres(NamedTuple):
+    """Result of :func:`sample_centres`: accepted centres in acceptance order."""
+
+    lon: np.ndarray
+    lat: np.ndarray
+    city: np.ndarray  # row of the city table each centre was drawn around
+    candidates: int  # candidates consumed (accepted + rejected)
+
 def _resolve_within_batch(xyz: np.ndarray, chord: float) -> tuple[np.ndarray, int]:
     """Keep-mask for candidates (in draw order) such that no kept pair is closer than ``chord``.
 
@@ -288,8 +297,8 @@ def sample_centres(
     min_distance_km: float,
     max_failures: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Core sampler on plain arrays: returns (lon, lat, city index) of ``n`` accepted centres.
+) -> Centres:
+    """Core sampler on plain arrays: ``n`` accepted centres with their city rows.
 
     Raises :class:`SamplingError` once ``max_failures`` candidates have been rejected.
     """
@@ -318,7 +327,7 @@ def sample_centres(
             raise SamplingError(
                 f"gave up after {failures:,} rejected candidates (max_attempts_per_location × n = "
                 f"{max_failures:,}): placed {k:,} of {n:,} centres at least {min_distance_km} km apart "
-                f"around {n_cities:,} cities with σ = {sigma_km} km. Lower n_locations or "
+                f"around {n_cities:,} city centre(s) with σ = {sigma_km} km. Lower n_locations or "
                 f"min_distance_km, or raise top_n_cities, sigma_km or max_attempts_per_location."
             )
         m = int(math.ceil(remaining / max(rate, 1e-4) * 1.1)) + 64
@@ -342,11 +351,19 @@ def sample_centres(
             n_pairs = 0
 
         rate = max(len(acc) / m, 1e-4)
-        if len(acc) > remaining:
+        # Consume candidates in draw order until n are placed or the failure budget runs out.
+        if len(acc) >= remaining:
+            used = int(acc[remaining - 1]) + 1  # later candidates are never looked at
             acc = acc[:remaining]
-            generated += int(acc[-1]) + 1  # later candidates were never needed
         else:
-            generated += m
+            used = m
+        if used - len(acc) >= budget:
+            is_acc = np.zeros(m, dtype=bool)
+            is_acc[acc] = True
+            stop = int(np.searchsorted(np.cumsum(~is_acc), budget))  # index of the last allowed failure
+            acc = acc[acc <= stop]
+            used = stop + 1
+        generated += used
         na = len(acc)
         out_lon[k : k + na] = lon[acc]
         out_lat[k : k + na] = lat[acc]
@@ -364,7 +381,7 @@ def sample_centres(
             batch_cap = min(_MAX_BATCH, max(batch_cap, m) * 4)
         log.debug("sampling batch: %d candidates, %d accepted, %d/%d placed", m, na, k, n)
 
-    return out_lon, out_lat, out_city
+    return Centres(out_lon, out_lat, out_city, generated)
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -380,7 +397,7 @@ def sample_locations(cfg: SamplingConfig, patch: PatchConfig) -> list[Location]:
     t0 = time.perf_counter()
     cities = load_cities(cfg.city_table, cfg.top_n_cities)
     n = int(cfg.n_locations)
-    lon, lat, city_idx = sample_centres(
+    lon, lat, city_idx, candidates = sample_centres(
         cities["lon"].to_numpy(),
         cities["lat"].to_numpy(),
         n,
@@ -405,7 +422,10 @@ def sample_locations(cfg: SamplingConfig, patch: PatchConfig) -> list[Location]:
             zip(lon.tolist(), lat.tolist(), epsg.tolist(), x.tolist(), y.tolist(), names.tolist())
         )
     ]
-    log.info("sampled %d locations around %d cities in %.1f s", n, len(cities), time.perf_counter() - t0)
+    log.info(
+        "sampled %d locations around %d cities (%d candidates) in %.1f s",
+        n, len(cities), candidates, time.perf_counter() - t0,
+    )
     return locations
 
 
@@ -504,8 +524,8 @@ def plot_locations(
     """World scatter of the centres (lon/lat), saved as PNG with the Agg canvas (no pyplot state).
 
     City centres are marked: pass ``cities`` (``load_cities`` output) to mark the exact centres of
-    the cities that were used; without it each city name is marked at the median of its samples
-    (approximate: homonymous cities share one marker).
+    the cities that were used; without it each city name with at least 5 samples is marked at
+    the median of its samples (approximate: homonymous cities share one marker).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -530,7 +550,8 @@ def plot_locations(
         sel = cities[cities["name"].astype(str).isin(set(used))]
         mlon, mlat, label = sel["lon"].to_numpy(), sel["lat"].to_numpy(), f"{len(sel):,} cities used"
     else:
-        med = pd.DataFrame({"city": used, "lon": lon, "lat": lat}).groupby("city", sort=True).median()
+        grouped = pd.DataFrame({"city": used, "lon": lon, "lat": lat}).groupby("city", sort=True)
+        med = grouped.median()[grouped.size() >= 5]
         mlon, mlat = med["lon"].to_numpy(), med["lat"].to_numpy()
         label = f"{len(med):,} cities (median of samples)"
     if len(mlon):
