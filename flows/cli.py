@@ -121,14 +121,16 @@ def locations(
     plot: Optional[Path] = typer.Option(None, help="also write a map of the locations (PNG)"),
 ) -> None:
     """Sample the manifest's locations only (GeoParquet and an optional map)."""
-    from pipeline.sampling import locations_to_geodataframe, plot_locations, sample_locations, write_locations
+    from pipeline.sampling import (
+        load_cities, locations_to_geodataframe, plot_locations, sample_locations, write_locations)
 
     m = _load_or_exit(manifest)
     gdf = locations_to_geodataframe(sample_locations(m.sampling, m.patch), m.patch)
     write_locations(gdf, out)
     console.print(f"{len(gdf)} locations → {out}")
     if plot:
-        plot_locations(gdf, plot, title=f"{m.name}: {len(gdf)} locations")
+        cities = load_cities(m.sampling.city_table, m.sampling.top_n_cities)
+        plot_locations(gdf, plot, title=f"{m.name}: {len(gdf)} locations", cities=cities)
         console.print(f"map → {plot}")
 
 

