@@ -44,11 +44,16 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import xarray as xr
+import zarr
 
 from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
+from pipeline.store import STATUS_DONE, storage_options_for
 
-#: ``status`` value of a patch whose data is complete (0 = todo, 2 = failed).
-STATUS_DONE: int = 1
+__all__ = [
+    "STATUS_DONE", "label_vectors", "label_vectors_dask", "compute_archive_labels",
+    "summary_statistics", "plot_class_frequencies", "plot_cooccurrence",
+]
 
 _LABEL_DIMS = ("patch", "season", "y", "x")
 _VECTOR_DIMS = ("patch", "season", "class")
@@ -163,11 +168,11 @@ def label_vectors_dask(
 
 # --------------------------------------------------------------------------- archive
 def _open_dataset(store: str, storage_options: dict[str, Any] | None):
-    import xarray as xr
-
-    kwargs: dict[str, Any] = {"chunks": {}}
-    if storage_options:
-        kwargs["storage_options"] = storage_options
+    # Raw stored values: a CF _FillValue (e.g. 255 on dw_label) must not turn the uint8 arrays into NaN floats.
+    kwargs: dict[str, Any] = {"chunks": {}, "mask_and_scale": False}
+    so = storage_options_for(store, storage_options)  # same fsspec handling as pipeline.store
+    if so:
+        kwargs["storage_options"] = so
     with warnings.catch_warnings():  # stores without consolidated metadata are fine here
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata",
                                 category=RuntimeWarning)
@@ -214,8 +219,6 @@ def compute_archive_labels(
     ``patch_seasons_labelled`` / ``patch_seasons_unlabelled`` (over done patches) and
     ``regions_written``.
     """
-    import zarr
-
     if batch_patches < 1:
         raise ValueError(f"batch_patches must be >= 1, got {batch_patches}")
     ds = _open_dataset(store, storage_options)
@@ -226,7 +229,8 @@ def compute_archive_labels(
     done = np.flatnonzero(status == STATUS_DONE)
     dw = ds["dw_label"].data
 
-    group = zarr.open_group(store, mode="r+", **({"storage_options": storage_options} if storage_options else {}))
+    so = storage_options_for(store, storage_options)
+    group = zarr.open_group(store, mode="r+", **({"storage_options": so} if so else {}))
     frac_arr, mh_arr = group["label_fraction"], group["multi_hot"]
     unit = math.lcm(_write_chunk_len(frac_arr), _write_chunk_len(mh_arr))
     step = unit * max(1, -(-batch_patches // unit))

@@ -208,7 +208,8 @@ def make_store(path, maps, status, *, sharded=False, fill_fraction=0.0, fill_hot
     )
     if sharded:
         encoding = {
-            "dw_label": {"chunks": (1, 1, h, w), "shards": (3, n_season, h, w)},
+            "dw_label": {"chunks": (1, 1, h, w), "shards": (3, n_season, h, w),
+                         "_FillValue": LABEL_NODATA},  # CF fill must not turn labels into floats
             "label_fraction": {"chunks": (1, n_season, K), "shards": (3, n_season, K)},
             "multi_hot": {"chunks": (1, n_season, K), "shards": (3, n_season, K)},
         }
@@ -261,6 +262,24 @@ def test_compute_archive_labels(tmp_path, sharded, batch, regions):
     assert counts["regions_written"] == regions
 
 
+def test_compute_archive_labels_streams(tmp_path):
+    """No Dask task handles more than one batch worth of dw_label (the map stack is never loaded whole)."""
+    from dask.callbacks import Callback
+
+    rng = np.random.default_rng(2)
+    maps = random_maps(rng, (len(STATUS), 4, 16, 16))
+    store = make_store(tmp_path / "s.zarr", maps, STATUS)
+    sizes = []
+
+    class Sizes(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            sizes.append(getattr(result, "nbytes", 0))
+
+    with Sizes():
+        compute_archive_labels(store, batch_patches=1)  # batches of one 2-patch chunk
+    assert sizes and max(sizes) <= 2 * 4 * 16 * 16 < maps.nbytes
+
+
 def test_compute_archive_labels_no_done_patches(tmp_path):
     maps = np.zeros((3, 2, 8, 8), dtype=np.uint8)
     store = make_store(tmp_path / "b.zarr", maps, [0, 2, 0], fill_hot=3)
@@ -276,6 +295,51 @@ def test_compute_archive_labels_rejects_wrong_layout(tmp_path):
         ds.to_zarr(str(tmp_path / "c.zarr"), zarr_format=3, mode="w")
     with pytest.raises(ValueError, match="dw_label"):
         compute_archive_labels(str(tmp_path / "c.zarr"))
+
+
+def test_compute_archive_labels_on_pipeline_store(tmp_path):
+    """The archive as pipeline.store writes it (sharded, no consolidated metadata), also via file://."""
+    from pipeline.locations import Location, utm_epsg
+    from pipeline.manifest import Manifest
+    from pipeline.store import PatchResult, create_archive, open_group, write_patches
+
+    status = [STATUS_DONE, 0, STATUS_DONE, 2, STATUS_DONE, STATUS_DONE, 0]
+    url = f"file://{tmp_path}/p.zarr"
+    manifest = Manifest.model_validate({
+        "sampling": {"n_locations": len(status)}, "patch": {"size_px": 16},
+        "store": {"path": url, "patches_per_shard": 3},
+        "modalities": {"s2_l2a": {"enabled": False}, "s1_grd": {"enabled": False}},
+    })
+    locations = [Location(index=i, lon=10.0 + i, lat=45.0, epsg=utm_epsg(10.0 + i, 45.0),
+                          x=500000.0, y=5.0e6, city=f"c{i}") for i in range(len(status))]
+    layout = create_archive(manifest, locations, {"name": "test", "synthetic": True})
+    S, H = layout.n_seasons, layout.size
+    rng = np.random.default_rng(21)
+    maps = random_maps(rng, (len(status), S, H, H), nodata_p=0.15, blocky=True)
+    group = open_group(url, "r+")
+    for shard in range(layout.n_shards):
+        sl = layout.shard_slice(shard)
+        results = []
+        for i in range(sl.start, sl.stop):
+            results.append(PatchResult(
+                index=i, status=status[i],
+                images={"s2_l1c": np.zeros((S, 13, H, H), np.uint16)},
+                dw_label=maps[i], label_fraction=np.full((S, K), 0.5, np.float32),
+                multi_hot=np.full((S, K), 9, np.uint8), acquired=np.zeros((S, 3), np.int32),
+                image_id=np.full((S, 3), "x", dtype=object), cloud_pct=np.zeros((S, 3), np.float32),
+                label_method=np.full((S,), "m", dtype=object)))
+        write_patches(group, layout, results)
+
+    counts = compute_archive_labels(url, batch_patches=1)
+    assert counts["patches_done"] == 4 and counts["regions_written"] == 2  # 3-patch chunks; the last holds no done patch
+    g = open_group(url, "r")
+    done = np.array(status) == STATUS_DONE
+    ref_f, ref_m = label_vectors(maps)
+    np.testing.assert_array_equal(g["label_fraction"][:][done], ref_f[done])
+    np.testing.assert_array_equal(g["multi_hot"][:][done], ref_m[done])
+    assert (g["multi_hot"][:][~done] == 0).all()  # write_patches stores zeros for patches not done
+    st = summary_statistics(url)
+    assert st["n_patches_done"] == 4 and st["class_counts"].tolist() == ref_m[done].sum((0, 1)).tolist()
 
 
 # --------------------------------------------------------------------------- statistics and plots
