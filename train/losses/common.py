@@ -1,7 +1,7 @@
 """Shared building blocks for every loss in :mod:`train.losses`.
 
-All contrastive losses of this package are written as one shared step (see
-``docs``/``shared/specs/anchors.md`` §0.2): build a logits matrix between
+All contrastive losses of this package are written as one shared step (the
+project's anchors/losses specs, "target similarity matrix"): build a logits matrix between
 *anchors* (rows) and *keys* (columns) with :func:`masked_logits`, build a
 non-negative *target matrix* ``T`` of the same shape, and take
 
@@ -40,9 +40,10 @@ Distributed convention (used by every loss that takes ``gather_distributed``):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -56,10 +57,12 @@ __all__ = [
     "PositiveRule",
     "binarize_labels",
     "check_positive",
+    "compute_dtype",
     "cosine_matrix",
     "dist_world_size",
     "flatten_views",
     "fp32",
+    "fp32_forward",
     "gather_no_grad",
     "gather_with_grad",
     "is_distributed",
@@ -72,6 +75,7 @@ __all__ = [
     "masked_logits",
     "mean_over_valid",
     "rank_offset",
+    "self_mask",
     "soft_target_nll",
     "to_label_matrix",
 ]
@@ -98,6 +102,21 @@ def fp32(device: torch.device) -> Iterator[None]:
         ctx = contextlib.nullcontext()
     with ctx:
         yield
+
+
+def fp32_forward(method: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Decorator for ``forward(self, x, ...)``: run the whole method with autocast disabled.
+
+    The loss math (label similarities, weights, logits, softmax) then stays in
+    >= fp32 even when the caller runs under ``torch.autocast``.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: Any, first: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        with fp32(first.device):
+            return method(self, first, *args, **kwargs)
+
+    return wrapper
 
 
 def check_positive(name: str, value: float, minimum: float = 1e-8) -> float:
@@ -314,7 +333,8 @@ def binarize_labels(label_matrix: Tensor) -> Tensor:
 
 def label_intersection(a: Tensor, b: Tensor) -> Tensor:
     """``I_ij = |y_i ∩ y_j|``: number of shared present labels, ``[Na, Nb]``."""
-    return binarize_labels(a) @ binarize_labels(b).T
+    with fp32(a.device):
+        return binarize_labels(a) @ binarize_labels(b).T
 
 
 def label_cosine(a: Tensor, b: Tensor) -> Tensor:
@@ -322,7 +342,8 @@ def label_cosine(a: Tensor, b: Tensor) -> Tensor:
 
     For multi-hot rows this is ``|A∩B| / sqrt(|A| |B|)`` (softcon.md §3.2).
     """
-    return F.normalize(a, dim=1) @ F.normalize(b, dim=1).T
+    with fp32(a.device):
+        return F.normalize(a.to(compute_dtype(a)), dim=1) @ F.normalize(b.to(compute_dtype(b)), dim=1).T
 
 
 def label_jaccard(a: Tensor, b: Tensor) -> Tensor:
@@ -331,12 +352,15 @@ def label_jaccard(a: Tensor, b: Tensor) -> Tensor:
     For multi-hot rows this is ``|A∩B| / |A∪B|``; for class fractions it is the
     Ruzicka similarity (our choice for non-binary labels).
     """
-    if _is_binary(a) and _is_binary(b):
-        inter = a @ b.T
-    else:
-        inter = torch.minimum(a[:, None, :], b[None, :, :]).sum(dim=2)
-    union = a.sum(dim=1)[:, None] + b.sum(dim=1)[None, :] - inter
-    return torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), torch.zeros_like(inter))
+    a, b = a.to(compute_dtype(a)), b.to(compute_dtype(b))
+    with fp32(a.device):
+        if _is_binary(a) and _is_binary(b):
+            inter = a @ b.T
+        else:  # [Na, Nb, C] intermediate: fine for batch-sized inputs
+            inter = torch.minimum(a[:, None, :], b[None, :, :]).sum(dim=2)
+        union = a.sum(dim=1)[:, None] + b.sum(dim=1)[None, :] - inter
+        safe = torch.where(union > 0, union, torch.ones_like(union))
+        return torch.where(union > 0, inter / safe, torch.zeros_like(inter))
 
 
 def _is_binary(x: Tensor) -> bool:
@@ -452,7 +476,7 @@ def flatten_views(
             n_max = labels.max().clamp_min(0).reshape(1).to(torch.long)
             dist.all_reduce(n_max, op=dist.ReduceOp.MAX)
             num_classes = int(n_max.item()) + 1
-        lab = to_label_matrix(labels, num_classes)
+        lab = to_label_matrix(labels, num_classes).to(device=device, dtype=compute_dtype(features))
         all_lab = gather_no_grad(lab) if gather_distributed else lab
         anchor_labels = lab.repeat(n_anchor_views, 1)
         key_labels = all_lab.repeat(v, 1)

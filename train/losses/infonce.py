@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .common import (
     check_positive,
     flatten_views,
+    fp32_forward,
     gather_with_grad,
     masked_logits,
     mean_over_valid,
@@ -86,6 +87,7 @@ class InfoNCELoss(nn.Module):
         """Multiplier applied to the cross-entropy (``2 * tau`` or 1)."""
         return 2.0 * self.temperature if self.scale_by_2tau else 1.0
 
+    @fp32_forward
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
         """InfoNCE of queries ``q`` [B, d] against keys ``k`` [B, d] (scalar)."""
         logits, offset = infonce_logits(q, k, self.temperature, self.gather_distributed)
@@ -121,6 +123,7 @@ class NTXentLoss(nn.Module):
         self.temperature = check_positive("temperature", temperature)
         self.gather_distributed = bool(gather_distributed)
 
+    @fp32_forward
     def forward(self, z_a: Tensor, z_b: Tensor) -> Tensor:
         """NT-Xent of two views ``z_a``, ``z_b`` (``[B, d]`` each)."""
         if z_a.dim() != 2 or z_a.shape != z_b.shape:

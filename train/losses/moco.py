@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import check_positive, compute_dtype, fp32, gather_no_grad, soft_target_nll
+from .common import check_positive, compute_dtype, fp32, fp32_forward, gather_no_grad, soft_target_nll
 from .infonce import InfoNCELoss
 
 __all__ = ["MemoryQueue", "MoCoV2Loss", "MoCoV3Loss"]
@@ -125,6 +125,7 @@ class MoCoV2Loss(nn.Module):
         self.queue = MemoryQueue(queue_size, dim, init="random")
         self.gather_distributed = bool(gather_distributed)
 
+    @fp32_forward
     def forward(self, q: Tensor, k: Tensor, update_queue: bool = True) -> Tensor:
         """Loss of ``q`` vs. positive ``k`` and the queued negatives; then enqueue ``k``."""
         if q.dim() != 2 or k.shape != q.shape:
@@ -168,6 +169,7 @@ class MoCoV3Loss(nn.Module):
         super().__init__()
         self.ctr = InfoNCELoss(temperature, scale_by_2tau=scale_by_2tau, gather_distributed=gather_distributed)
 
+    @fp32_forward
     def forward(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
         """Symmetrised MoCo-v3 loss."""
         return self.ctr(q1, k2) + self.ctr(q2, k1)

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from .common import (
     binarize_labels,
     check_positive,
+    compute_dtype,
+    fp32_forward,
     gather_no_grad,
     gather_with_grad,
     is_distributed,
@@ -85,12 +87,13 @@ class MulSupConLoss(nn.Module):
                 raise ValueError("a MulSupCon queue needs dim and num_classes")
             self.queue = MemoryQueue(queue_size, dim, num_classes=num_classes, init="empty")
 
+    @fp32_forward
     def forward(self, q: Tensor, k: Tensor, labels: Tensor, update_queue: bool = True) -> Tensor:
         """MulSupCon loss of ``q`` against keys ``k`` (+ queue) with multi-labels ``labels``."""
         if q.dim() != 2 or k.shape != q.shape:
             raise ValueError(f"q and k must both be [B, d], got {tuple(q.shape)} and {tuple(k.shape)}")
         dist_on = self.gather_distributed and is_distributed()
-        lab = binarize_labels(to_label_matrix(labels, self.num_classes).to(q.device))
+        lab = binarize_labels(to_label_matrix(labels, self.num_classes)).to(device=q.device, dtype=compute_dtype(q))
         k_all = gather_with_grad(k) if dist_on else k
         lab_all = gather_no_grad(lab) if dist_on else lab
         keys, key_lab = k_all, lab_all

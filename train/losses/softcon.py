@@ -24,6 +24,7 @@ from .common import (
     LabelSimilarity,
     check_positive,
     cosine_matrix,
+    fp32_forward,
     gather_no_grad,
     gather_with_grad,
     is_distributed,
@@ -139,6 +140,7 @@ class SoftConLoss(nn.Module):
         """Multiplier of the hard term (``2 tau`` or 1)."""
         return 2.0 * self.temperature if self.scale_by_2tau else 1.0
 
+    @fp32_forward
     def terms(self, q: Tensor, k: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """Return the unscaled ``(L_hard, L_soft)`` (``L_soft`` is 0 when ``lam == 0``)."""
         if q.dim() != 2 or k.shape != q.shape:
@@ -163,7 +165,7 @@ class SoftConLoss(nn.Module):
             n_max = labels.max().clamp_min(0).reshape(1).to(torch.long)
             torch.distributed.all_reduce(n_max, op=torch.distributed.ReduceOp.MAX)
             num_classes = int(n_max.item()) + 1
-        lab = to_label_matrix(labels, num_classes).to(device=cos.device)
+        lab = to_label_matrix(labels, num_classes).to(device=cos.device, dtype=cos.dtype)
         all_lab = gather_no_grad(lab) if dist_on else lab
         s = soft_label_target(lab, all_lab, offset, self.label_similarity).to(cos.dtype)
 
@@ -177,6 +179,7 @@ class SoftConLoss(nn.Module):
         soft = mean_over_valid(per_soft, ones, dist_on)
         return hard, soft
 
+    @fp32_forward
     def forward(self, q: Tensor, k: Tensor, labels: Tensor) -> Tensor:
         """SoftCon loss of online ``q`` [B, d] vs EMA ``k`` [B, d] with ``labels`` (scalar)."""
         hard, soft = self.terms(q, k, labels)

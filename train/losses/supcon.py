@@ -18,6 +18,7 @@ from .common import (
     PositiveRule,
     check_positive,
     flatten_views,
+    fp32_forward,
     label_positive_mask,
     masked_logits,
     mean_over_valid,
@@ -105,6 +106,7 @@ class SupConLoss(nn.Module):
         self.num_classes = num_classes
         self.gather_distributed = bool(gather_distributed)
 
+    @fp32_forward
     def forward(self, features: Tensor, labels: Tensor | None = None) -> Tensor:
         """SupCon loss of ``features`` ``[B, V, d]`` with optional ``labels``."""
         rows = flatten_views(features, labels, self.gather_distributed, self.contrast_mode, self.num_classes)
