@@ -14,7 +14,9 @@ the manifest asks for it and the training stage is installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -205,4 +207,26 @@ def curate_manifest(manifest_path: str = "data_manifest.yaml", dask_address: str
     """Entry point of the CLI and of deployments: pick the Dask task runner, run :func:`curate` as a subflow."""
     manifest = load_manifest(manifest_path)
     flow_with_runner = curate.with_options(task_runner=task_runner_for(manifest, dask_address))
-    return flow_with_runner(str(manifest_path), retry_failed=retry_failed, show_progress=show_progress)
+    with _api_url_for_workers():
+        return flow_with_runner(str(manifest_path), retry_failed=retry_failed, show_progress=show_progress)
+
+
+@contextlib.contextmanager
+def _api_url_for_workers():
+    """Point Dask worker processes at this flow's Prefect API.
+
+    Without a configured ``PREFECT_API_URL`` Prefect runs a temporary server inside this process;
+    worker processes started by a local cluster would otherwise each start (and orphan) their own.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url)
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)

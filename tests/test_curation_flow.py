@@ -4,7 +4,6 @@ mid-run in a subprocess then resumed (the resumed archive must equal an uninterr
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -92,9 +91,25 @@ def test_rerun_skips_everything(reference_run, harness):
     np.testing.assert_array_equal(zarr.open_group(str(store), mode="r")["s2_l1c"][:], before)
 
 
-def _cli(manifest: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "curate", str(manifest), "--no-progress"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def _cli(manifest: Path, env: dict, log: Path) -> subprocess.Popen:
+    # Output goes to a file: a pipe could be held open by a grandchild and block the test.
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", "curate", str(manifest), "--no-progress"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (Dask workers, Prefect's temporary server), like a crash."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    procs = [parent] + parent.children(recursive=True)
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
 
 
 def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
@@ -102,7 +117,8 @@ def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
     store = tmp_path / "resumed.zarr"
     manifest = write_manifest(tmp_path / "m.yaml", store, n_locations=12, size=32, processes=True)
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = _cli(manifest, env)
+    log = tmp_path / "runs.log"
+    proc = _cli(manifest, env, log)
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
@@ -111,7 +127,7 @@ def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
         except Exception:  # noqa: BLE001 - the template may not exist yet
             status = None
         if status is not None and 2 <= (status != STATUS_TODO).sum() < len(status):
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             killed_at = status.copy()
             break
         time.sleep(0.05)
@@ -119,9 +135,8 @@ def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
     assert killed_at is not None, "the run finished or stalled before it could be killed mid-way"
     partial = zarr.open_group(str(store), mode="r")["status"][:]
     assert (partial == STATUS_TODO).any(), "nothing was left to resume"
-    second = subprocess.run([sys.executable, "-m", "flows.cli", "curate", str(manifest), "--no-progress"],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stdout + second.stderr
+    second = _cli(manifest, env, log)
+    assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
     a, b = zarr.open_group(str(ref_store), mode="r"), zarr.open_group(str(store), mode="r")
     for name in ARRAYS:
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)

@@ -212,6 +212,8 @@ CASES = [
 def test_retrieval_matches_reference(kind, kw, seed, ks):
     # ks=(3, 10): top-K shorter than the database, so IDCG must look beyond the retrieved items.
     qe, ql, de, dl = (_gauss_case if kind == "gauss" else _tie_case)(seed)
+    if seed == 1:  # float64 similarity path
+        qe, de = qe.double(), de.double()
     ours, n_rel = _check(qe, ql, de, dl, ks=ks, chunk_size=7, **kw)
     assert bool((n_rel == 0).any())  # the case exercises queries without relevant items
 
@@ -276,14 +278,20 @@ def test_ndcg_matches_sklearn():
     assert binary["NDCG@10"][valid].mean().item() == pytest.approx(expected, abs=1e-12)
 
 
-def test_ranking_key_orders_by_similarity_then_index():
-    from train.evaluate.metrics import _ranking_key
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 11, 12])
+def test_top_indices_tie_break(k):
+    from train.evaluate.metrics import _top_indices
 
-    vals = [0.5, -0.0, 0.0, -0.5, 0.5, float("-inf"), -1.0, 1.0, -0.0, 1e-30, -1e-30, 0.25]
-    key = _ranking_key(torch.tensor([vals]))
-    ours = key.topk(len(vals), dim=1).indices[0].tolist()
-    expected = sorted(range(len(vals)), key=lambda j: (-vals[j], j))  # -0.0 == 0.0 in Python too
-    assert ours == expected
+    rows = [
+        [0.5, -0.0, 0.0, -0.5, 0.5, float("-inf"), -1.0, 1.0, -0.0, 1e-30, -1e-30, 0.25],
+        [0.0, 0.3, 0.3, 0.3, 0.9, 0.3, 0.9, 0.0, 0.3, 0.3, 0.1, 0.9],  # ties inside and at the cut
+        [0.3] * 12,
+        list(np.linspace(1, -1, 12)),  # no ties: fast path only
+    ]
+    for dtype in (torch.float32, torch.float64):
+        got = _top_indices(torch.tensor(rows, dtype=dtype), k).tolist()
+        for vals, ours in zip(rows, got):  # Python compares -0.0 == 0.0 like torch
+            assert ours == sorted(range(12), key=lambda j: (-vals[j], j))[:k]
 
 
 def test_hand_computed_example():
@@ -353,6 +361,8 @@ def test_retrieval_accepts_numpy_and_half():
     assert a == b
     h = retrieval_metrics(qe.half(), ql, de.half(), dl, ks=(5,))
     assert set(h) == set(b)
+    # float64 embeddings give float64 similarities: same ranking here (no near-ties)
+    assert retrieval_metrics(qe.double(), ql, de, dl, ks=(5,)) == pytest.approx(b, abs=1e-12)
 
 
 def test_imbriaco_split():

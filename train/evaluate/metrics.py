@@ -16,14 +16,16 @@ Multi-label retrieval (§5.1, §5.2, §6)
 
 Retrieval conventions (read these before comparing numbers with another code base):
 
-* Ranking: cosine similarity of L2-normalised embeddings, computed in float32. **Ties** in
+* Ranking: cosine similarity of L2-normalised embeddings, computed in float64 when either
+  embedding matrix is float64 and in float32 otherwise (half precision is upcast). **Ties** in
   similarity are broken by database index, lower index first (the order a stable sort gives).
-  Exact: the float32 similarity and the database index are packed into one int64 key before
-  ``topk``. ``-0.0`` counts as equal to ``+0.0``.
+  Exact: ``topk`` on the similarities, ties inside the top K re-sorted by index, and rows where
+  a tie straddles the cut-off re-ranked by a full stable sort. ``-0.0`` equals ``+0.0``.
 * ``I_k`` = number of labels shared by the query and the k-th result.
   Relevance ``rel_k``: ``"share"`` means ``I_k >= 1``; ``"jaccard"`` means
-  ``J = I / |y_q ∪ y_d| >= jaccard_threshold`` (with 1e-6 slack for float rounding; two empty
-  label sets have J = 0). ``N_rel`` is the number of relevant database items, ``R_K`` the number
+  ``J = I / |y_q ∪ y_d| >= jaccard_threshold``, evaluated as ``I >= (t − 1e-6)·|y_q ∪ y_d|`` so
+  that float rounding cannot drop an exact match such as 2/5 >= 0.4 (two empty label sets have
+  J = 0). ``N_rel`` is the number of relevant database items, ``R_K`` the number
   of relevant items in the top K.
 * K larger than the database is clipped: with ``D_q`` the database size seen by query q (D, or
   D − 1 when the query itself is excluded) every ``/K`` below divides by ``min(K, D_q)``. Keys keep
@@ -188,14 +190,26 @@ def hamming_loss(pred, target, threshold: float | None = None) -> float:
 # --------------------------------------------------------------------------------------------
 # Retrieval
 # --------------------------------------------------------------------------------------------
-def _ranking_key(sim: torch.Tensor) -> torch.Tensor:
-    """int64 keys ordering ``(sim desc, index asc)``; ``topk`` on them is a stable ranking."""
-    sim = sim.float() + 0.0  # -0.0 -> +0.0 so that the bit order equals the float order
-    bits = sim.view(torch.int32)
-    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone float -> int32 map
+def _top_indices(sim: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` best database items per row, ordered by (sim desc, index asc).
+
+    Fast path: ``topk`` with one extra item, then ties inside the top k are put in index order by
+    two sorts of the small ``(c, k)`` block. Rows where a tie straddles the cut (item k+1 equals
+    item k, so ``topk`` may have kept the wrong members of the tied group) are redone with a full
+    stable sort of the row.
+    """
     d = sim.shape[1]
-    tie = (d - 1) - torch.arange(d, device=sim.device, dtype=torch.int64)
-    return bits.to(torch.int64) * (1 << 32) + tie
+    fetch = min(k + 1, d)
+    vals, idx = sim.topk(fetch, dim=1, largest=True, sorted=True)
+    straddle = vals[:, k] == vals[:, k - 1] if fetch > k else None
+    vals, idx = vals[:, :k], idx[:, :k]
+    by_index = idx.argsort(dim=1)
+    vals, idx = vals.gather(1, by_index), idx.gather(1, by_index)
+    idx = idx.gather(1, vals.argsort(dim=1, descending=True, stable=True))
+    if straddle is not None and bool(straddle.any()):
+        rows = torch.nonzero(straddle).squeeze(1)
+        idx[rows] = torch.sort(sim[rows], dim=1, descending=True, stable=True).indices[:, :k]
+    return idx
 
 
 def _parse_ks(ks, d: int) -> list[tuple[str, int]]:
@@ -273,15 +287,17 @@ def retrieval_metrics_per_query(
         raise ValueError("empty database")
     klist = _parse_ks(ks, nd)
     self_idx = _self_index(exclude_self, nq, nd, device)
-    if chunk_size is None:
-        chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // nd))
+
+    sim_dtype = torch.float64 if torch.float64 in (qe.dtype, de.dtype) else torch.float32
+    q = F.normalize(qe.to(sim_dtype), dim=1)
+    d = F.normalize(de.to(sim_dtype), dim=1)
+    n_lab_d, n_lab_q = yd.sum(1), yq.sum(1)
+    jac_t = max(jaccard_threshold - _JACCARD_SLACK, 0.5 * jaccard_threshold)
+    kmax = min(max(k for _, k in klist), nd)
+    if chunk_size is None:  # ~16M elements per (c, D) matrix; the (c, K) float64 arrays count 8x
+        chunk_size = max(1, min(4096, _CHUNK_ELEMENTS // (nd + 8 * kmax)))
     if chunk_size < 1:
         raise ValueError("chunk_size must be >= 1")
-
-    q = F.normalize(qe.float(), dim=1)
-    d = F.normalize(de.float(), dim=1)
-    n_lab_d = yd.sum(1)
-    kmax = min(max(k for _, k in klist), nd)
     f64 = torch.float64
     r = torch.arange(1, kmax + 1, device=device, dtype=f64)
     disc = 1.0 / torch.log2(r + 1.0)
@@ -291,25 +307,27 @@ def retrieval_metrics_per_query(
 
     for a in range(0, nq, chunk_size):
         b = min(a + chunk_size, nq)
-        key = _ranking_key(q[a:b] @ d.T)
+        sim = q[a:b] @ d.T
         inter = yq[a:b] @ yd.T  # shared-label counts, exact small integers
         if relevance == "share":
             rel = inter > 0.5
         else:
-            union = yq[a:b].sum(1, keepdim=True) + n_lab_d[None, :] - inter
-            rel = inter / union.clamp_min(1.0) >= jaccard_threshold - _JACCARD_SLACK
+            # J >= t  <=>  I >= t * |y_q ∪ y_d|; an empty union (I = 0) is never relevant.
+            bound = (n_lab_q[a:b, None] + n_lab_d[None, :]).sub_(inter).clamp_min_(1.0).mul_(jac_t)
+            rel = inter >= bound
+            del bound
         d_eff = torch.full((b - a,), nd, device=device, dtype=f64)
         if self_idx is not None:
             cols = self_idx[a:b]
             rows = torch.nonzero(cols >= 0).squeeze(1)
             cols = cols[rows]
-            key[rows, cols] = torch.iinfo(torch.int64).min  # ranked last, after every real item
+            sim[rows, cols] = -math.inf  # ranked last, after every real item
             inter[rows, cols] = 0.0
             rel[rows, cols] = False
             d_eff[rows] -= 1.0
-        n_rel = rel.sum(1)
-        top = key.topk(kmax, dim=1, largest=True, sorted=True).indices
-        del key
+        n_rel = rel.view(torch.uint8).sum(1, dtype=torch.int64)
+        top = _top_indices(sim, kmax)
+        del sim
         i_top = inter.gather(1, top).to(f64)
         rel_top = rel.gather(1, top).to(f64)
         if ndcg_gain == "graded":
@@ -375,7 +393,8 @@ def retrieval_metrics(
         relevance: ``"share"`` (≥ 1 shared label) or ``"jaccard"`` (J ≥ ``jaccard_threshold``).
         exclude_self: ``True`` when queries are the database (query i is database item i),
             or a ``(Q,)`` tensor of database indices (−1 for none) to drop from each ranking.
-        chunk_size: queries per chunk; default keeps chunk × D at about 16M elements.
+        chunk_size: queries per chunk; the default keeps chunk × (D + 8·K) at about 16M
+            elements (a few hundred MB of working memory, whatever Q and D are).
         ap_normalizer: ``Z`` of AP@K: ``"retrieved"`` = R_K (default, spec (a)),
             ``"min"`` = min(K, N_rel) (spec (b)), ``"relevant"`` = N_rel (spec (c)).
         ndcg_gain: ``"graded"`` (2^I − 1, default) or ``"binary"`` (rel).
