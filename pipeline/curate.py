@@ -36,6 +36,7 @@ from pipeline.store import (
     STATUS_TODO,
     ArchiveLayout,
     PatchResult,
+    archive_exists,
     create_archive,
     date_to_days,
     open_group,
@@ -58,20 +59,34 @@ def prepare(manifest: Manifest, source: Source | None = None) -> tuple[list[Loca
     """Locations and archive template for a manifest; idempotent (a rerun re-reads the same locations)."""
     source = source or build_source(manifest)
     loc_path = locations_path(manifest.store.path)
-    if _is_local(loc_path) and Path(loc_path.removeprefix("file://")).exists():
-        locations = read_locations(loc_path)
-        if len(locations) != manifest.sampling.n_locations:
-            raise ValueError(f"{loc_path}: holds {len(locations)} locations but sampling.n_locations is "
-                             f"{manifest.sampling.n_locations}; use a new store.path")
-    else:
-        locations = sample_locations(manifest.sampling, manifest.patch)
-    layout = create_archive(manifest, locations, source.describe())
-    if _is_local(loc_path) and not Path(loc_path.removeprefix("file://")).exists():
+    loc_file = Path(loc_path.removeprefix("file://")) if _is_local(loc_path) else None
+    resuming = archive_exists(manifest.store.path, manifest.store.storage_options or None)
+    if resuming and loc_file is not None and loc_file.exists():
+        locations = read_locations(loc_file)
+    else:  # a new archive always re-plans, so a stale locations file is never reused
+        locations = plan_locations(manifest)
+    layout = create_archive(manifest, locations, source.describe())  # refuses an archive of another manifest
+    if loc_file is not None and (not resuming or not loc_file.exists()):
         gdf = locations_to_geodataframe(locations, manifest.patch)
         tmp = loc_path + ".tmp"
         write_locations(gdf, tmp)
         Path(tmp).replace(loc_path)  # atomic: never a half-written locations file
     return locations, layout
+
+
+def plan_locations(manifest: Manifest) -> list[Location]:
+    """Where to curate: sampled around cities, or the locations present in a local SSL4EO-S12 copy.
+
+    For a local copy ``sampling.n_locations`` caps how many of its locations (in id order) are used.
+    """
+    if manifest.source.kind == "local":
+        from pipeline.sources.ssl4eo_local import list_local_locations
+
+        found = list_local_locations(manifest.source.local.root)
+        if not found:
+            raise ValueError(f"source.local.root: no SSL4EO-S12 locations found under {manifest.source.local.root}")
+        return found[: manifest.sampling.n_locations]
+    return sample_locations(manifest.sampling, manifest.patch)
 
 
 def pending_shards(manifest: Manifest, layout: ArchiveLayout, retry_failed: bool = False) -> list[int]:

@@ -20,7 +20,7 @@ def patch_id(index: int) -> str:
 
 @dataclass(frozen=True)
 class Location:
-    """One sampling location. ``index`` is its row in the archive's ``patch`` dimension."""
+    """One location. ``index`` is its row in the archive's ``patch`` dimension."""
 
     index: int
     lon: float
@@ -29,7 +29,9 @@ class Location:
     x: float  # patch centre easting in ``epsg`` (m)
     y: float  # patch centre northing in ``epsg`` (m)
     city: str = ""
+    source_id: str = ""  # the source's own location id when it has one (a local SSL4EO-S12 folder name)
 
     @property
     def id(self) -> str:
-        return patch_id(self.index)
+        """The location's id: the source's own id, or the 7-digit form of ``index``."""
+        return self.source_id or patch_id(self.index)

@@ -92,7 +92,7 @@ _LON_COLUMNS = ("lon", "longitude", "lng")
 _LAT_COLUMNS = ("lat", "latitude")
 _POP_COLUMNS = ("population",)
 
-LOCATION_COLUMNS = ("patch_id", "index", "lon", "lat", "epsg", "x", "y", "city", "footprint_wkt_utm")
+LOCATION_COLUMNS = ("patch_id", "source_id", "index", "lon", "lat", "epsg", "x", "y", "city", "footprint_wkt_utm")
 
 
 class SamplingError(RuntimeError):
@@ -453,6 +453,7 @@ def locations_to_geodataframe(locations: list[Location], patch: PatchConfig) -> 
     x = np.fromiter((loc.x for loc in locations), dtype=np.float64, count=n)
     y = np.fromiter((loc.y for loc in locations), dtype=np.float64, count=n)
     city = [loc.city for loc in locations]
+    source_id = [loc.source_id for loc in locations]
 
     west, south, east, north = _footprint_bounds(x, y, patch)
     wkt = shapely.to_wkt(shapely.box(west, south, east, north), rounding_precision=-1, trim=True)
@@ -472,7 +473,8 @@ def locations_to_geodataframe(locations: list[Location], patch: PatchConfig) -> 
 
     return gpd.GeoDataFrame(
         {
-            "patch_id": pd.Series([patch_id(int(i)) for i in index], dtype=object),
+            "patch_id": pd.Series([loc.id for loc in locations], dtype=object),
+            "source_id": pd.Series(source_id, dtype=object),
             "index": index,
             "lon": lon,
             "lat": lat,
@@ -499,10 +501,11 @@ def read_locations(path: str | Path) -> list[Location]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"locations file not found: {path}")
-    df = pd.read_parquet(path, columns=["index", "lon", "lat", "epsg", "x", "y", "city"])
+    df = pd.read_parquet(path, columns=["index", "lon", "lat", "epsg", "x", "y", "city", "source_id"])
     return [
-        Location(index=int(i), lon=float(a), lat=float(b), epsg=int(e), x=float(xx), y=float(yy), city=str(c))
-        for i, a, b, e, xx, yy, c in zip(
+        Location(index=int(i), lon=float(a), lat=float(b), epsg=int(e), x=float(xx), y=float(yy), city=str(c),
+                 source_id=str(sid))
+        for i, a, b, e, xx, yy, c, sid in zip(
             df["index"].tolist(),
             df["lon"].tolist(),
             df["lat"].tolist(),
@@ -510,6 +513,7 @@ def read_locations(path: str | Path) -> list[Location]:
             df["x"].tolist(),
             df["y"].tolist(),
             df["city"].fillna("").tolist(),
+            df["source_id"].fillna("").tolist(),
         )
     ]
 

@@ -140,3 +140,30 @@ def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
     a, b = zarr.open_group(str(ref_store), mode="r"), zarr.open_group(str(store), mode="r")
     for name in ARRAYS:
         np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+
+
+def test_local_ssl4eo_copy_through_the_flow(tmp_path, harness, shared_data):
+    """A real SSL4EO-S12 location (two seasons on disk) curated by the same flow."""
+    from flows.curate import curate_manifest
+
+    store = tmp_path / "local.zarr"
+    manifest = tmp_path / "local.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "name": "local-test",
+        "source": {"kind": "local", "local": {"root": str(shared_data / "ssl4eo_s12")}},
+        "seasons": {"reference_dates": ["2020-06-21", "2020-09-22"]},
+        "sampling": {"n_locations": 5},
+        "store": {"path": str(store), "patches_per_shard": 1},
+        "compute": {"n_workers": 1, "processes": False},
+    }))
+    summary = curate_manifest(str(manifest))
+    assert summary["status"] == {"todo": 0, "done": 1, "failed": 0}
+    ds = open_archive(str(store))
+    assert ds.attrs["synthetic"] is False and ds.attrs["source"]["name"] == "ssl4eo_local"
+    assert list(ds["patch_id"].values) == ["0000200"]
+    import rasterio
+
+    acq = ds["image_id"].values[0, 0, 0]
+    with rasterio.open(shared_data / "ssl4eo_s12" / "s2c" / "0000200" / acq / "B2.tif") as src:
+        np.testing.assert_array_equal(ds["s2_l1c"].values[0, 0, 1], src.read(1))
+    assert ds["s1_grd"].dtype == np.float32 and np.isfinite(ds["s1_grd"].values).all()

@@ -97,7 +97,7 @@ def test_list_local_locations(root: Path):
     locs = list_local_locations(root)
     assert [loc.id for loc in locs] == [LOC_ID]
     loc = locs[0]
-    assert loc.index == 200
+    assert loc.index == 0 and loc.source_id == "0000200" and loc.id == "0000200"
     # PROVENANCE §4: 30.452–30.476 N, 73.292–73.319 E (Punjab) → UTM 43N
     assert 73.292 < loc.lon < 73.319 and 30.452 < loc.lat < 30.476
     assert loc.epsg == 32643

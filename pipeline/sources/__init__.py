@@ -32,7 +32,18 @@ def build_source(manifest: Manifest) -> Source:
             max_cloudy_pixel_percentage=manifest.cloud_filter.max_cloudy_pixel_percentage,
             resampling=manifest.patch.resampling,
         )
-    raise NotImplementedError(
-        f"source.kind: '{kind}' is not available in this version yet; use 'synthetic' "
-        "(the local SSL4EO-S12 and Earth Engine readers are tracked in the real-sources issue)"
-    )
+    if kind == "local":
+        from pipeline.sources.ssl4eo_local import SSL4EOLocalSource
+
+        opts = manifest.source.local
+        return SSL4EOLocalSource(opts.root, opts.labels, resampling=manifest.patch.resampling)
+    if kind == "earthengine":
+        from pipeline.manifest import EarthEngineSourceOptions
+        from pipeline.sources.earthengine import EarthEngineSource
+
+        return EarthEngineSource(
+            manifest.source.earthengine or EarthEngineSourceOptions(),
+            max_cloudy_pixel_percentage=manifest.cloud_filter.max_cloudy_pixel_percentage,
+            resampling=manifest.patch.resampling,
+        )
+    raise ValueError(f"source.kind: unknown source '{kind}'")

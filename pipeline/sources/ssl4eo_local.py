@@ -275,7 +275,7 @@ def _first_s2_band(root: Path, location_id: str) -> Path | None:
 def list_local_locations(root: str | Path) -> list[Location]:
     """The locations of a local SSL4EO-S12 copy, sorted by id.
 
-    ``index`` = the integer of the 7-digit folder id; lon/lat = centre of the bounds of the first
+    ``index`` = position in that order (the archive row), ``source_id`` = the 7-digit folder id; lon/lat = centre of the bounds of the first
     S2 band file found (L1C, then L2A, then S1 as a fallback), assumed in EPSG:4326 or transformed
     to it; ``epsg`` = the UTM zone of that centre; x/y = the centre projected with pyproj.
     """
@@ -304,5 +304,5 @@ def list_local_locations(root: str | Path) -> list[Location]:
             raise CorruptData(f"ssl4eo_local: {path} has no usable footprint")
         epsg = utm_epsg(lon, lat)
         x, y = pyproj.Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, lat)
-        out.append(Location(index=int(loc_id), lon=lon, lat=lat, epsg=epsg, x=float(x), y=float(y)))
+        out.append(Location(index=len(out), lon=lon, lat=lat, epsg=epsg, x=float(x), y=float(y), source_id=loc_id))
     return out
