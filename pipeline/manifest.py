@@ -51,8 +51,8 @@ class LocalSourceOptions(_Strict):
 
 class EarthEngineSourceOptions(_Strict):
     project: str | None = None
-    service_account_key: str | None = None
-    """Path to a service-account JSON key; may also come from ``SOFTCON_EE_KEY``. Never logged."""
+    service_account_key: str | None = Field(default=None, repr=False)
+    """Path to a service-account JSON key; may also come from ``SOFTCON_EE_KEY``. Never logged or stored."""
     harmonized: bool = False
     max_concurrent_requests: Annotated[int, Field(ge=1, le=100)] = 40
     requests_per_second: Annotated[float, Field(gt=0)] = 10.0
@@ -223,6 +223,15 @@ class Manifest(_Strict):
     compute: ComputeConfig = ComputeConfig()
     pretrain: PretrainHook = PretrainHook()
 
+    def public_dump(self) -> dict[str, Any]:
+        """The manifest as JSON-able data without credentials (what the archive attributes store)."""
+        data = self.model_dump(mode="json")
+        ee = data["source"].get("earthengine")
+        if ee and ee.get("service_account_key"):
+            ee["service_account_key"] = "<redacted>"
+        data["store"]["storage_options"] = {k: "<redacted>" for k in data["store"]["storage_options"]}
+        return data
+
     def content_hash(self) -> str:
         """SHA-256 of what defines the archive's contents and layout.
 
@@ -232,6 +241,9 @@ class Manifest(_Strict):
         data = self.model_dump(mode="json", exclude={"compute", "pretrain", "description"})
         data["store"].pop("storage_options", None)
         data["store"].pop("path", None)
+        if data["source"].get("earthengine"):  # credentials and request pacing do not change the data
+            for key in ("service_account_key", "max_concurrent_requests", "requests_per_second"):
+                data["source"]["earthengine"].pop(key, None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 

@@ -174,7 +174,7 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
     attrs = {
         "title": manifest.name,
         "dataset_version": manifest.version,
-        "manifest": manifest.model_dump(mode="json"),
+        "manifest": manifest.public_dump(),
         "manifest_hash": manifest.content_hash(),
         "source": source_description,
         "synthetic": bool(source_description.get("synthetic", False)),

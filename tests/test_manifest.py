@@ -89,3 +89,14 @@ def test_cli_validate_exit_codes(tmp_path):
     assert broken.exit_code == 2 and "not valid YAML" in broken.output
     missing = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "cannot read file" in missing.output
+
+
+def test_credentials_never_stored_or_hashed():
+    secret = "/home/me/keys/ee-service-account.json"
+    m = Manifest(source={"kind": "earthengine", "earthengine": {"project": "p", "service_account_key": secret}},
+                 store={"storage_options": {"key": "AKIA-SECRET"}})
+    dumped = str(m.public_dump())
+    assert secret not in dumped and "AKIA-SECRET" not in dumped and "<redacted>" in dumped
+    assert secret not in repr(m)
+    other = Manifest(source={"kind": "earthengine", "earthengine": {"project": "p", "service_account_key": "/x"}})
+    assert m.content_hash() == other.content_hash()
