@@ -179,6 +179,21 @@ def _open_dataset(store: str, storage_options: dict[str, Any] | None):
         return xr.open_zarr(store, **kwargs)
 
 
+def _check_group_layout(group: zarr.Group) -> int:
+    """:func:`_check_layout` on the zarr group itself (no xarray decoding: cheap to open)."""
+    for name, dims in (("dw_label", _LABEL_DIMS), ("label_fraction", _VECTOR_DIMS),
+                       ("multi_hot", _VECTOR_DIMS), ("status", ("patch",))):
+        if name not in group:
+            raise ValueError(f"archive has no variable {name!r}")
+        found = tuple(group[name].metadata.dimension_names or ())
+        if found != dims:
+            raise ValueError(f"archive variable {name!r} has dims {found}, expected {dims}")
+    n_classes = int(group["label_fraction"].shape[-1])
+    if "class" in group and [str(c) for c in group["class"][:]] != list(DW_CLASSES)[:n_classes]:
+        raise ValueError(f"archive class coordinate {list(group['class'][:])} is not the DW order {list(DW_CLASSES)}")
+    return n_classes
+
+
 def _check_layout(ds) -> int:
     for name, dims in (("dw_label", _LABEL_DIMS), ("label_fraction", _VECTOR_DIMS),
                        ("multi_hot", _VECTOR_DIMS), ("status", ("patch",))):
@@ -221,18 +236,22 @@ def compute_archive_labels(
     """
     if batch_patches < 1:
         raise ValueError(f"batch_patches must be >= 1, got {batch_patches}")
-    ds = _open_dataset(store, storage_options)
-    n_classes = _check_layout(ds)
-    _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
-    status = np.asarray(ds["status"].values)
-    n_patch = status.shape[0]
-    done = np.flatnonzero(status == STATUS_DONE)
-    dw = ds["dw_label"].data
-
     so = storage_options_for(store, storage_options)
     group = zarr.open_group(store, mode="r+", **({"storage_options": so} if so else {}))
+    n_classes = _check_group_layout(group)
+    _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
+    status = np.asarray(group["status"][:])
+    n_patch = status.shape[0]
+    n_seasons = int(group["dw_label"].shape[1])
+    done = np.flatnonzero(status == STATUS_DONE)
+
     frac_arr, mh_arr = group["label_fraction"], group["multi_hot"]
-    unit = math.lcm(_write_chunk_len(frac_arr), _write_chunk_len(mh_arr))
+    # Read dw_label one shard (or chunk) per Dask task: zarr then fetches each shard in one request
+    # instead of decoding its inner chunks one task at a time.
+    dw_arr = group["dw_label"]
+    read_unit = _write_chunk_len(dw_arr)
+    dw = da.from_zarr(dw_arr, chunks=(read_unit,) + tuple(dw_arr.shape[1:]))
+    unit = math.lcm(read_unit, _write_chunk_len(frac_arr), _write_chunk_len(mh_arr))
     step = unit * max(1, -(-batch_patches // unit))
 
     n_labelled = n_regions = 0
@@ -241,7 +260,8 @@ def compute_archive_labels(
         sel = done[(done >= p0) & (done < p1)]
         if sel.size == 0:
             continue
-        frac_d, mh_d = label_vectors_dask(dw[sel], n_classes, nodata, presence_threshold, min_valid_fraction)
+        block = dw[p0:p1] if sel.size == p1 - p0 else dw[sel]
+        frac_d, mh_d = label_vectors_dask(block, n_classes, nodata, presence_threshold, min_valid_fraction)
         frac_new, mh_new = dask.compute(frac_d, mh_d)
         n_labelled += int(mh_new.any(axis=-1).sum())
         if sel.size == p1 - p0:
@@ -255,7 +275,7 @@ def compute_archive_labels(
         mh_arr[p0:p1] = mh_blk.astype(mh_arr.dtype, copy=False)
         n_regions += 1
 
-    n_done_ps = int(done.size) * int(ds.sizes["season"])
+    n_done_ps = int(done.size) * n_seasons
     return {
         "patches": int(n_patch),
         "patches_done": int(done.size),

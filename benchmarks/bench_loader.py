@@ -1,0 +1,166 @@
+"""Training-loader benchmark: ArchiveDataset samples/s as a ratio to reading SSL4EO-S12 GeoTIFFs.
+
+Both sides see the same (patch, season) images, built in a temporary directory:
+
+* **Archive**: a Zarr archive from the synthetic source (default 64 locations × 4 seasons, 264 px,
+  S2 L1C only, the default compressor), read with :class:`train.data.ArchiveDataset` in
+  ``same_season`` mode: per sample one chunk read, SoftCon normalisation and **two augmented views**
+  (``ms_view_transforms`` of view 1 and view 2, crop to ``--crop``, 112 by default).
+* **Baseline**: the same images written in the SSL4EO-S12 layout ``s2c/<id>/<acq>/B*.tif`` (one
+  uncompressed uint16 GeoTIFF per band at its native resolution: 264 px for 10 m bands, 132 px for
+  20 m, 44 px for 60 m, lon/lat CRS), read the way the original loader does: every band opened with
+  rasterio and resampled to 264 px bilinear (GDAL's bilinear on read; the original uses OpenCV
+  ``INTER_LINEAR_EXACT``), stacked to (13, 264, 264) float32. **No normalisation or augmentation**
+  on this side: it measures reading alone, which flatters the baseline.
+
+Both are driven through a torch DataLoader with the same batch size and worker count; the best of
+``--repeats`` full passes is kept after one warm-up pass. Goal: ratio ≥ 3.
+
+Usage: ``.venv/bin/python benchmarks/bench_loader.py [--locations 64] [--size 264] [--crop 112]
+[--workers 0] [--batch-size 32] [--repeats 3] [--keep DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import rasterio  # noqa: E402
+import torch  # noqa: E402
+from rasterio.enums import Resampling  # noqa: E402
+from rasterio.transform import from_bounds  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
+
+from pipeline.bands import S2_L1C_BANDS, S2_NATIVE_RESOLUTION_M  # noqa: E402
+from pipeline.curate import prepare, process_shard  # noqa: E402
+from pipeline.manifest import Manifest  # noqa: E402
+from pipeline.store import STATUS_DONE, open_group  # noqa: E402
+from train.augment import ms_view_transforms  # noqa: E402
+from train.data import ArchiveDataset, build_dataloader  # noqa: E402
+
+
+def build_archive(path: Path, n_locations: int, size: int) -> None:
+    manifest = Manifest.model_validate({
+        "source": {"kind": "synthetic", "synthetic": {"seed": 0, "cloud_probability": 0.1}},
+        "sampling": {"n_locations": n_locations, "top_n_cities": 200, "seed": 1},
+        "patch": {"size_px": size},
+        "store": {"path": str(path), "patches_per_shard": 16},
+        "modalities": {"s2_l2a": {"enabled": False}, "s1_grd": {"enabled": False}},
+    })
+    locations, layout = prepare(manifest)
+    for shard in range(layout.n_shards):
+        process_shard(manifest, layout, shard, locations[layout.shard_slice(shard)])
+
+
+def write_geotiffs(store: Path, root: Path) -> list[Path]:
+    """The archive's done (patch, season) S2 L1C images as SSL4EO-S12 per-band GeoTIFFs; their folders."""
+    group = open_group(str(store))
+    status, ids = group["status"][:], group["patch_id"][:]
+    image_ids, lon, lat = group["image_id"][:], group["lon"][:], group["lat"][:]
+    arr = group["s2_l1c"]
+    folders = []
+    for p in np.flatnonzero(status == STATUS_DONE):
+        patch = arr[int(p)]  # (S, 13, H, W)
+        size = patch.shape[-1]
+        half = size * 10 / 2 / 111_320.0  # patch half-width in degrees (lon/lat CRS, as SSL4EO-S12)
+        for s in range(patch.shape[0]):
+            folder = root / "s2c" / str(ids[p]) / str(image_ids[p, s, 0])
+            folder.mkdir(parents=True, exist_ok=True)
+            for b, band in enumerate(S2_L1C_BANDS):
+                f = S2_NATIVE_RESOLUTION_M[band] // 10
+                n = size // f
+                data = patch[s, b, :n * f, :n * f].reshape(n, f, n, f).mean(axis=(1, 3)).round().astype(np.uint16)
+                transform = from_bounds(lon[p] - half, lat[p] - half, lon[p] + half, lat[p] + half, n, n)
+                with rasterio.open(folder / f"{band}.tif", "w", driver="GTiff", width=n, height=n, count=1,
+                                   dtype="uint16", crs="EPSG:4326", transform=transform) as dst:
+                    dst.write(data, 1)
+            folders.append(folder)
+    return folders
+
+
+class GeoTiffDataset(Dataset):
+    """The original-style reader: 13 band files per image, each resampled to ``size`` bilinear."""
+
+    def __init__(self, folders: list[Path], size: int):
+        self.folders, self.size = folders, size
+
+    def __len__(self) -> int:
+        return len(self.folders)
+
+    def __getitem__(self, i: int) -> dict:
+        bands = []
+        for band in S2_L1C_BANDS:
+            with rasterio.open(self.folders[i] / f"{band}.tif") as src:
+                bands.append(src.read(1, out_shape=(self.size, self.size), resampling=Resampling.bilinear))
+        return {"image": torch.from_numpy(np.stack(bands).astype(np.float32))}
+
+
+def samples_per_second(loader, repeats: int) -> float:
+    for _ in loader:  # warm-up: worker start, page cache, lazy imports
+        pass
+    best = 0.0
+    for r in range(repeats):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(r + 1)
+        t0 = time.perf_counter()
+        n = sum(len(next(iter(batch.values()))) for batch in loader)
+        best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def main(argv: list[str] | None = None) -> float:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--locations", type=int, default=64, help="synthetic locations (× 4 seasons)")
+    ap.add_argument("--size", type=int, default=264, help="patch size in px (SSL4EO-S12: 264)")
+    ap.add_argument("--crop", type=int, default=112, help="RandomResizedCrop output size of both views")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (both sides)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes; the best is kept")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads in the main process")
+    ap.add_argument("--keep", type=Path, default=None, help="build in this directory and keep it")
+    args = ap.parse_args(argv)
+    if args.size % 6:
+        ap.error("--size must be a multiple of 6 (10/20/60 m native grids)")
+    torch.set_num_threads(args.threads)
+
+    tmp = args.keep or Path(tempfile.mkdtemp(prefix="bench_loader_"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        store = tmp / "bench.zarr"
+        t0 = time.perf_counter()
+        if not store.exists():
+            build_archive(store, args.locations, args.size)
+        folders = sorted((tmp / "s2c").glob("*/*")) if (tmp / "s2c").exists() else write_geotiffs(store, tmp)
+        print(f"built {len(folders)} images ({args.locations} locations, {args.size} px) in "
+              f"{time.perf_counter() - t0:.1f}s under {tmp}", file=sys.stderr)
+
+        ds = ArchiveDataset(str(store), view_mode="same_season",
+                            transforms=(ms_view_transforms(args.crop, 1), ms_view_transforms(args.crop, 2)))
+        assert len(ds) == len(folders), (len(ds), len(folders))
+        ours = samples_per_second(build_dataloader(ds, args.batch_size, num_workers=args.workers, shuffle=True,
+                                                   seed=0, drop_last=False), args.repeats)
+        base_loader = DataLoader(GeoTiffDataset(folders, args.size), batch_size=args.batch_size, shuffle=True,
+                                 num_workers=args.workers, generator=torch.Generator().manual_seed(0))
+        base = samples_per_second(base_loader, args.repeats)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    ratio = ours / base
+    print(f"loader: {ours:.1f} samples/s (zarr, 2 views, crop {args.crop}, {args.workers} workers) vs "
+          f"GeoTIFF baseline {base:.1f} samples/s (13 band files resampled to {args.size}, no augmentation): "
+          f"ratio {ratio:.2f} (goal >= 3) {'OK' if ratio >= 3 else 'BELOW GOAL'}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
