@@ -210,10 +210,10 @@ class RandomBrightnessContrast:
         c = uniform(g, *self.contrast)
         if coin >= self.p:
             return x
-        x = x * b
+        # (x·b − m)·c + m with m = mean(x·b) = b·mean(x), fused: x·(b·c) + mean(x)·b·(1 − c)
         mean = x.mean(dim=(-2, -1), keepdim=True)
-        x = (x - mean) * c + mean
-        return x.clamp(*self.clamp) if self.clamp is not None else x
+        y = x.mul(b * c).add_(mean.mul_(b * (1.0 - c)))
+        return y.clamp_(*self.clamp) if self.clamp is not None else y
 
     def __repr__(self) -> str:
         return (f"RandomBrightnessContrast(p={self.p}, brightness={self.brightness}, "

@@ -436,6 +436,7 @@ class ArchiveDataset(Dataset):
 
         self._arrays: dict[str, Any] | None = None  # opened lazily, once per process
         self._pid: int | None = None
+        self._label_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # -- construction helpers
     @staticmethod
@@ -466,11 +467,12 @@ class ArchiveDataset(Dataset):
     # -- process-local zarr handles
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_arrays"], state["_pid"] = None, None  # never pickle open handles
+        state["_arrays"], state["_pid"], state["_label_cache"] = None, None, {}  # never pickle open handles
         return state
 
     def _open(self) -> dict[str, Any]:
         if self._arrays is None or self._pid != os.getpid():
+            self._label_cache = {}
             group = open_group(self.store, "r", self.storage_options)
             names = [self.modality, "label_fraction", "multi_hot"]
             if self.modality2 is not None:
@@ -478,6 +480,18 @@ class ArchiveDataset(Dataset):
             self._arrays = {n: group[n] for n in names}
             self._pid = os.getpid()
         return self._arrays
+
+    def _labels(self, arrays, p: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Label vectors of (p, s). The small label arrays are read one whole chunk (a shard's patches)
+        at a time and kept for the life of the process (9 float32 + 9 uint8 per patch-season)."""
+        lf, mh = arrays["label_fraction"], arrays["multi_hot"]
+        step = int(lf.chunks[0])
+        start = p - p % step
+        block = self._label_cache.get(start)
+        if block is None:
+            block = (np.asarray(lf[start:start + step], np.float32), np.asarray(mh[start:start + step], np.float32))
+            self._label_cache[start] = block
+        return block[0][p - start, s], block[1][p - start, s]
 
     # -- torch API
     def set_epoch(self, epoch: int) -> None:
@@ -521,8 +535,8 @@ class ArchiveDataset(Dataset):
                 x2 = x1
             out["view1"] = self.transforms1(x1, g)
             out["view2"] = self.transforms2(x2, g)
-        out["label_fraction"] = torch.from_numpy(np.asarray(arrays["label_fraction"][p, s], np.float32))
-        out["multi_hot"] = torch.from_numpy(np.asarray(arrays["multi_hot"][p, s], np.float32))
+        fraction, multi_hot = self._labels(arrays, p, s)
+        out["label_fraction"], out["multi_hot"] = torch.from_numpy(fraction.copy()), torch.from_numpy(multi_hot.copy())
         out["location"], out["season"], out["index"] = p, s, index
         if self.view_mode == "seasonal":
             out["season2"] = s2

@@ -134,7 +134,8 @@ class MoCoV2Loss(nn.Module):
         with fp32(q.device):
             q_n = F.normalize(q.to(dtype), dim=1)
             k_n = F.normalize(k.to(dtype), dim=1)
-            negatives = self.queue.features.detach().to(device=q.device, dtype=dtype)
+            # a copy: the enqueue below writes the queue in place, and backward still needs these values
+            negatives = self.queue.features.detach().to(device=q.device, dtype=dtype, copy=True)
             pos = (q_n * k_n).sum(dim=1, keepdim=True)
             neg = q_n @ negatives.T
             logits = torch.cat([pos, neg], dim=1) / self.temperature
