@@ -135,5 +135,56 @@ def locations(
         console.print(f"map → {plot}")
 
 
+@app.command()
+def pretrain(
+    config: Path = typer.Argument(..., help="training config YAML (see configs/pretrain_mini.yaml)"),
+    archive: Optional[str] = typer.Option(None, help="archive to train on (overrides the config)"),
+    resume: bool = typer.Option(False, help="continue from the latest checkpoint in output_dir"),
+    epochs: Optional[int] = typer.Option(None, help="override the number of epochs"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+) -> None:
+    """Pretrain a backbone on an archive (SoftCon by default). Under torchrun it runs DDP."""
+    _offline_defaults()
+    from pydantic import ValidationError
+
+    from train.pretrain import run_pretraining
+
+    try:
+        summary = run_pretraining(config, archive=archive, resume=resume, epochs=epochs,
+                                  progress=progress and sys.stderr.isatty())
+    except ValidationError as err:
+        err_console.print(f"[bold red]{config}[/]: invalid training config")
+        for e in err.errors():
+            err_console.print(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+        raise typer.Exit(code=2) from None
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=1) from None
+    losses = summary["losses"]
+    if losses:
+        console.print(f"{summary['steps']} steps on {summary['device']} in {summary['seconds']} s; "
+                      f"loss {losses[0]:.4f} → {losses[-1]:.4f}")
+    console.print(f"outputs (checkpoints, metrics.csv, tensorboard/, backbone.safetensors): {summary['output_dir']}")
+
+
+@app.command()
+def stats(
+    store: str = typer.Argument(..., help="archive path or fsspec URL"),
+    modality: str = typer.Option("s2_l1c", help="s2_l1c | s2_l2a | s1_grd"),
+    out: Path = typer.Option(Path("stats.json"), help="JSON file to write the per-band statistics to"),
+    max_patches: Optional[int] = typer.Option(None, help="use at most this many done patches"),
+) -> None:
+    """Per-band mean and std of an archive's modality (for normalisation), written as JSON."""
+    from train.data import compute_archive_statistics, save_statistics
+    from pipeline.store import open_group
+
+    mean, std = compute_archive_statistics(store, modality, max_patches=max_patches)
+    bands = list(open_group(store, "r").attrs["band_names"][modality])
+    save_statistics(out, modality, bands, mean, std)
+    for b, m_, s_ in zip(bands, mean, std):
+        console.print(f"{b:>4}  mean {float(m_):10.2f}  std {float(s_):10.2f}")
+    console.print(f"→ {out}")
+
+
 if __name__ == "__main__":
     app()

@@ -206,7 +206,7 @@ class AnyLocationTransport:
         blocks = [self._band(tag, image, b)[row0:row0 + h] for b in bands]
         out = np.zeros((h, w), dtype=[(b, blocks[0].dtype) for b in bands])
         for b, block in zip(bands, blocks):
-            out[b] = block[::-1]
+            out[b] = block
         return out
 
 

@@ -292,6 +292,14 @@ def test_dataloader_workers_match_and_epochs_reproducible(archive):
     assert torch.equal(ds[3]["view1"], e0) and not torch.equal(e0, e1)
     assert torch.equal(ds[(3, 1)]["view1"], e1)  # the epoch stamped by the sampler wins
     assert item_seed(0, 1, 3) != item_seed(0, 3, 1)
+    # persistent workers keep an old copy of the data set: the epoch travels with the sampled index
+    persistent = build_dataloader(ds, batch_size=4, num_workers=2, seed=5, persistent_workers=True)
+    reference = build_dataloader(ds, batch_size=4, num_workers=0, seed=5)
+    for epoch in (2, 3):
+        persistent.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        got, want = next(iter(persistent)), next(iter(reference))
+        assert torch.equal(got["view2"], want["view2"]) and got["index"].tolist() == want["index"].tolist()
     # resume mid-epoch: skip_batches gives the tail of the same epoch
     loader = build_dataloader(ds, batch_size=4, num_workers=0, seed=5)
     loader.set_epoch(1, skip_batches=2)

@@ -428,9 +428,9 @@ class ArchiveDataset(Dataset):
         if isinstance(transforms, (tuple, list)):
             if len(transforms) != 2:
                 raise ValueError("transforms must be one callable or a pair (view1, view2)")
-            self.transforms1, self.transforms2 = transforms[0] or _identity, transforms[1] or _identity
+            self.transforms1, self.transforms2 = (_identity if t is None else t for t in transforms)
         else:
-            self.transforms1 = self.transforms2 = transforms or _identity
+            self.transforms1 = self.transforms2 = _identity if transforms is None else transforms
         if view_mode == "cross_modal" and transforms2 is not None:
             self.transforms2 = transforms2
 

@@ -1,0 +1,155 @@
+"""Local SSL4EO-S12 reader throughput, as a ratio to bare rasterio reads of the same files.
+
+A generated copy of the shared sample (``../shared/data/ssl4eo_s12``, location 0000200, two seasons)
+is replicated into ``--locations`` location folders with new 7-digit ids in a temporary directory.
+One *patch* is one (location, season) with every band of the three modalities (S2 L1C 13, L2A 12,
+S1 2) resampled to 264 × 264.
+
+* reader: :meth:`pipeline.sources.ssl4eo_local.SSL4EOLocalSource.fetch` for each location and season
+  (it lists the acquisition folders, reads ``metadata.json``, checks dtypes, records CRS and bounds).
+* baseline: for the same patches, with the band file paths listed beforehand (outside the timing):
+  open each band file with rasterio, ``read(1, out_shape=(264, 264), resampling=bilinear)``, and
+  stack each modality's bands in canonical order.
+
+Each side runs once to warm up (page cache, GDAL), then three times; the best time of each is kept.
+The two are interleaved so that drift affects both alike. Goal: ratio ≥ 0.9.
+
+Usage: ``.venv/bin/python benchmarks/bench_local_reader.py [--locations 50] [--repeats 3] [--root DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.bands import MODALITY_BANDS, MODALITY_DTYPES  # noqa: E402
+from pipeline.grid import PatchGrid  # noqa: E402
+from pipeline.seasons import SeasonWindow  # noqa: E402
+from pipeline.sources.ssl4eo_local import (  # noqa: E402
+    MODALITY_DIRS,
+    SSL4EOLocalSource,
+    list_acquisitions,
+    list_local_locations,
+)
+
+SIZE = 264
+DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ssl4eo_s12"
+
+
+def replicate(src_root: Path, dst_root: Path, n: int) -> list[str]:
+    """Copy the sample's (single) location into ``n`` location folders with new 7-digit ids."""
+    found = sorted(p.name for p in (src_root / MODALITY_DIRS["s2_l1c"]).iterdir() if p.is_dir())
+    if not found:
+        raise SystemExit(f"no location under {src_root / MODALITY_DIRS['s2_l1c']}")
+    source_id = found[0]
+    ids = [f"{1_000_000 + i:07d}" for i in range(n)]
+    for sub in MODALITY_DIRS.values():
+        for new_id in ids:
+            shutil.copytree(src_root / sub / source_id, dst_root / sub / new_id)
+    return ids
+
+
+def window(season: int) -> SeasonWindow:
+    ref = dt.date(2021, 3, 20) + dt.timedelta(days=91 * season)
+    return SeasonWindow(season=season, reference=ref, start=ref - dt.timedelta(days=15), end=ref + dt.timedelta(days=15))
+
+
+def plan_baseline(root: Path, location_ids: list[str], n_seasons: int) -> list[list[tuple[str, list[Path]]]]:
+    """Per patch: (modality, band file paths in canonical order), listed before timing."""
+    patches = []
+    for loc_id in location_ids:
+        folders = {name: list_acquisitions(root / sub / loc_id) for name, sub in MODALITY_DIRS.items()}
+        for s in range(n_seasons):
+            patches.append([(name, [folders[name][s] / f"{band}.tif" for band in MODALITY_BANDS[name]])
+                            for name in MODALITY_BANDS])
+    return patches
+
+
+def run_baseline(patches) -> int:
+    for patch in patches:
+        out = {}
+        for name, paths in patch:
+            bands = []
+            for path in paths:
+                with rasterio.open(path) as src:
+                    bands.append(src.read(1, out_shape=(SIZE, SIZE), resampling=Resampling.bilinear))
+            out[name] = np.stack(bands).astype(MODALITY_DTYPES[name], copy=False)
+    return len(patches)
+
+
+def run_reader(source: SSL4EOLocalSource, jobs) -> int:
+    for loc, grid, win in jobs:
+        source.fetch(loc, win, grid, MODALITY_BANDS)
+    return len(jobs)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Prints patches per second of both and their ratio (goal >= 0.9).")
+    parser.add_argument("--locations", type=int, default=50, help="location folders to generate (default 50)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side, best kept (default 3)")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                        help=f"SSL4EO-S12 sample to replicate (default {DEFAULT_ROOT})")
+    args = parser.parse_args(argv)
+    if args.locations < 1 or args.repeats < 1:
+        parser.error("--locations and --repeats must be >= 1")
+    if not args.root.is_dir():
+        parser.error(f"sample not found: {args.root}")
+
+    with tempfile.TemporaryDirectory(prefix="bench_local_reader_") as tmp:
+        root = Path(tmp) / "ssl4eo_s12"
+        ids = replicate(args.root, root, args.locations)
+        locations = list_local_locations(root)
+        assert [loc.id for loc in locations] == ids
+        n_seasons = min(len(list_acquisitions(root / sub / ids[0])) for sub in MODALITY_DIRS.values())
+        jobs = [(loc, PatchGrid.for_location(loc, SIZE, 10.0), window(s)) for loc in locations for s in range(n_seasons)]
+        patches = plan_baseline(root, ids, n_seasons)
+        source = SSL4EOLocalSource(root, resampling="bilinear")
+
+        # same pixels, so the comparison is between equal work
+        first = source.fetch(jobs[0][0], jobs[0][2], jobs[0][1], MODALITY_BANDS)
+        for name, paths in patches[0]:
+            bare = []
+            for path in paths:
+                with rasterio.open(path) as src:
+                    bare.append(src.read(1, out_shape=(SIZE, SIZE), resampling=Resampling.bilinear))
+            np.testing.assert_array_equal(first.images[name].data, np.stack(bare).astype(MODALITY_DTYPES[name]))
+
+        run_baseline(patches)  # warm-up
+        run_reader(source, jobs)
+        t_base, t_reader = [], []
+        for _ in range(args.repeats):
+            t_base.append(timed(lambda: run_baseline(patches)))
+            t_reader.append(timed(lambda: run_reader(source, jobs)))
+        n = len(jobs)
+        base_rate, reader_rate = n / min(t_base), n / min(t_reader)
+        ratio = reader_rate / base_rate
+        print(f"local SSL4EO-S12 reader, {args.locations} locations x {n_seasons} seasons = {n} patches "
+              f"({sum(len(p) for _, p in patches[0])} band files each, {SIZE} px), best of {args.repeats}")
+        print(f"  bare rasterio: {base_rate:8.1f} patches/s  ({min(t_base):.3f} s)")
+        print(f"  reader fetch:  {reader_rate:8.1f} patches/s  ({min(t_reader):.3f} s)")
+        print(f"  ratio reader / bare rasterio = {ratio:.3f}  (goal >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'})")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
