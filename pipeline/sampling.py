@@ -71,7 +71,7 @@ import pyproj
 import shapely
 from scipy.spatial import cKDTree
 
-from pipeline.locations import Location, patch_id
+from pipeline.locations import Location
 from pipeline.manifest import PatchConfig, SamplingConfig
 
 log = logging.getLogger(__name__)

@@ -173,7 +173,8 @@ MALFORMED = [
     ("six-digit key", lambda pid, img: {"000001": {img: ["1"]}}, ['"000001"', "not a 7-digit location id"]),
     ("id with letters", lambda pid, img: {"00000a1": {img: ["1"]}}, ['"00000a1"', "not a 7-digit"]),
     ("list instead of object", lambda pid, img: {pid: ["1"]}, ['"0000000"', "expected an object"]),
-    ("string instead of list", lambda pid, img: {pid: {img: "1"}}, ["IMG", "expected a list of class ids, got a string"]),
+    ("string instead of list", lambda pid, img: {pid: {img: "1"}},
+     ["IMG", "expected a list of class ids, got a string"]),
     ("null instead of list", lambda pid, img: {pid: {img: None}}, ["IMG", "got null"]),
     ("top-level list", lambda pid, img: [pid], ["top level must be an object"]),
 ]
@@ -202,7 +203,8 @@ def test_duplicate_keys_and_broken_json(store, tmp_path):
     pid, l1c = archive_ids(store)
     img = json.dumps(str(l1c[0, 0]))
     cases = {
-        f'{{"{pid[0]}": {{{img}: ["1"], {img}: ["2"]}}}}': f'location "{pid[0]}": image id {img} appears more than once',
+        f'{{"{pid[0]}": {{{img}: ["1"], {img}: ["2"]}}}}':
+            f'location "{pid[0]}": image id {img} appears more than once',
         f'{{"{pid[0]}": {{}}, "{pid[0]}": {{}}}}': f'location id "{pid[0]}" appears more than once',
         f'{{"{pid[0]}": {{{img}: ["1"]}}': "not valid JSON",
     }

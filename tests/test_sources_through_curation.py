@@ -22,7 +22,7 @@ from rasterio.enums import Resampling
 from pipeline import curate as steps
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
-from pipeline.manifest import EarthEngineSourceOptions, Manifest
+from pipeline.manifest import Manifest
 from pipeline.sources.earthengine import EarthEngineSource
 from pipeline.sources.ssl4eo_local import SSL4EOLocalSource
 from pipeline.store import MODALITY_ORDER, STATUS_DONE, STATUS_FAILED, date_to_days
@@ -30,9 +30,8 @@ from pipeline.store import MODALITY_ORDER, STATUS_DONE, STATUS_FAILED, date_to_d
 # The Earth Engine offline fixture and graph helpers live in the Earth Engine source tests (the one
 # place that patches earthengine-api internals); reuse them rather than patching twice.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_source_earthengine import calls, ee_offline, graph  # noqa: E402,F401  (ee_offline is a fixture)
-
 import ee  # noqa: E402
+from test_source_earthengine import calls, ee_offline, graph  # noqa: E402,F401  (ee_offline: a fixture)
 
 EEException = ee.ee_exception.EEException
 
@@ -83,7 +82,7 @@ def test_local_copy_through_curation_equals_rasterio(local_root, tmp_path):
     assert g["s2_l1c"].shape == (1, 2, 13, 264, 264) and g.attrs["source"]["name"] == "ssl4eo_local"
     assert g.attrs["synthetic"] is False
 
-    for name, (sub, folders) in SEASON_FOLDERS.items():
+    for name, (_, folders) in SEASON_FOLDERS.items():
         m_idx = MODALITY_ORDER.index(name)
         for s, folder in enumerate(folders):
             assert g["image_id"][0, s, m_idx] == folder
@@ -200,12 +199,12 @@ class AnyLocationTransport:
         else:
             image = calls(tree, "Image.load")[0]["id"].rsplit("/", 1)[1]
         grid = PatchGrid.for_location(loc, self.size, 10.0)
-        row0 = int(round((grid.y0 - g["affineTransform"]["translateY"]) / grid.resolution))
+        row0 = round((grid.y0 - g["affineTransform"]["translateY"]) / grid.resolution)
         h, w = g["dimensions"]["height"], g["dimensions"]["width"]
         bands = request["bandIds"]
         blocks = [self._band(tag, image, b)[row0:row0 + h] for b in bands]
         out = np.zeros((h, w), dtype=[(b, blocks[0].dtype) for b in bands])
-        for b, block in zip(bands, blocks):
+        for b, block in zip(bands, blocks, strict=True):
             out[b] = block
         return out
 
@@ -238,7 +237,8 @@ def assert_patch_equals_served(g: zarr.Group, p: int, transport: AnyLocationTran
         np.testing.assert_array_equal(g["dw_label"][p, s], transport.served[("dw", l1c)]["label"])
 
 
-def test_earth_engine_through_curation_equals_served(ee_offline, tmp_path):
+@pytest.mark.usefixtures("ee_offline")
+def test_earth_engine_through_curation_equals_served(tmp_path):
     m = ee_manifest(tmp_path / "ee.zarr")
     fake = AnyLocationTransport(mode={"0000001"})
     g = ee_curate(m, fake)
@@ -264,7 +264,8 @@ def test_earth_engine_through_curation_equals_served(ee_offline, tmp_path):
     assert {img for (tag, img) in fake.served if tag != "dw"} == {str(i) for i in g["image_id"][:].ravel()}
 
 
-def test_earth_engine_no_image_fails_one_patch_only(ee_offline, tmp_path):
+@pytest.mark.usefixtures("ee_offline")
+def test_earth_engine_no_image_fails_one_patch_only(tmp_path):
     m = ee_manifest(tmp_path / "ee_fail.zarr")
     fake = AnyLocationTransport(no_image={"0000001"})
     g = ee_curate(m, fake)

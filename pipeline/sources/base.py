@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from pipeline.bands import MODALITY_BANDS
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location
 from pipeline.seasons import SeasonWindow
@@ -42,6 +43,16 @@ class TransientSourceError(SourceError):
     """A temporary failure (rate limit, timeout, 5xx): retrying later may succeed."""
 
     retryable = True
+
+
+def check_modalities(modalities: dict[str, tuple[str, ...]]) -> None:
+    """Raise ValueError for a modality or band name a source cannot know (a caller's bug, not a data problem)."""
+    for name, bands in modalities.items():
+        if name not in MODALITY_BANDS:
+            raise ValueError(f"unknown modality {name!r}; valid: {list(MODALITY_BANDS)}")
+        bad = [b for b in bands if b not in MODALITY_BANDS[name]]
+        if bad:
+            raise ValueError(f"{name}: unknown band(s) {bad}")
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ from pipeline.sources.base import (
     SeasonSample,
     SourceError,
     TransientSourceError,
+    check_modalities,
 )
 
 log = logging.getLogger(__name__)
@@ -631,12 +632,7 @@ class EarthEngineSource:
 
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
-        for name, bands in modalities.items():
-            if name not in MODALITY_BANDS:
-                raise ValueError(f"unknown modality {name!r}; valid: {list(MODALITY_BANDS)}")
-            bad = [b for b in bands if b not in MODALITY_BANDS[name]]
-            if bad:
-                raise ValueError(f"{name}: unknown band(s) {bad}")
+        check_modalities(modalities)
         _check_grid(grid, location)
         if not self._initialized:
             self.initialize()

@@ -63,7 +63,7 @@ from pipeline.bands import MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location, utm_epsg
 from pipeline.seasons import SeasonWindow
-from pipeline.sources.base import CorruptData, ModalityImage, NoImageFound, SeasonSample
+from pipeline.sources.base import CorruptData, ModalityImage, NoImageFound, SeasonSample, check_modalities
 from pipeline.sources.landcover import LandCoverLabels, RasterGrid
 
 #: Modality name → folder name in the SSL4EO-S12 layout.
@@ -193,12 +193,7 @@ class SSL4EOLocalSource:
 
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
-        for name, bands in modalities.items():
-            if name not in MODALITY_BANDS:
-                raise ValueError(f"unknown modality {name!r}; valid: {list(MODALITY_BANDS)}")
-            bad = [b for b in bands if b not in MODALITY_BANDS[name]]
-            if bad:
-                raise ValueError(f"{name}: unknown band(s) {bad}")
+        check_modalities(modalities)
         size = int(grid.size)
         images: dict[str, ModalityImage] = {}
         extra: dict[str, str] = {"season_pairing": "acquisition-order"}

@@ -84,6 +84,7 @@ from pipeline.sources.base import (
     NoImageFound,
     SeasonSample,
     TransientSourceError,
+    check_modalities,
 )
 
 __all__ = ["SyntheticSource"]
@@ -575,12 +576,7 @@ class SyntheticSource:
     # ------------------------------------------------------------------ fetch
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
-        for name, bands in modalities.items():
-            if name not in MODALITY_BANDS:
-                raise ValueError(f"unknown modality {name!r}; valid: {list(MODALITY_BANDS)}")
-            bad = [b for b in bands if b not in MODALITY_BANDS[name]]
-            if bad:
-                raise ValueError(f"{name}: unknown band(s) {bad}")
+        check_modalities(modalities)
         self._maybe_fail(location, window)
 
         size = grid.size
