@@ -135,6 +135,24 @@ def locations(
         console.print(f"map → {plot}")
 
 
+@app.command("import-labels")
+def import_labels(
+    labels_json: Path = typer.Argument(..., help="published SSL4EO-S12-ML JSON (.json or .json.gz)"),
+    store: str = typer.Argument(..., help="archive path or fsspec URL"),
+    overwrite: bool = typer.Option(True, help="allow replacing labels of an earlier import"),
+) -> None:
+    """Write the published SSL4EO-S12-ML multi-labels into an archive's multi_hot, matched by location
+    and S2 L1C image id. Recomputing labels or curating more patches replaces them: import again after."""
+    from pipeline.published_labels import PublishedLabelsError, format_report, import_published_labels
+
+    try:
+        report = import_published_labels(labels_json, store, overwrite=overwrite)
+    except PublishedLabelsError as err:
+        err_console.print(f"[bold red]{labels_json}[/]: {err}")
+        raise typer.Exit(code=2) from None
+    console.print(format_report(report))
+
+
 @app.command()
 def pretrain(
     config: Path = typer.Argument(..., help="training config YAML (see configs/pretrain_mini.yaml)"),

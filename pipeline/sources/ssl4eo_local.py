@@ -52,6 +52,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyproj
@@ -164,39 +165,56 @@ class SSL4EOLocalSource:
                 f"({len(folders)} acquisition folder(s); season i is the i-th in time order)")
         return folders[season]
 
-    def _read_band(self, path: Path, size: int, modality: str) -> tuple[np.ndarray, tuple[int, int], str, tuple]:
-        """One band resampled to size × size; also its native shape, CRS and bounds."""
+    def _read_band(self, path: Path, out: np.ndarray, modality: str) -> tuple[tuple[int, int], Any, tuple]:
+        """Read one band into ``out`` (size × size, resampled); return its native shape, CRS and bounds."""
         if not path.is_file():
             raise CorruptData(f"ssl4eo_local: missing band file {path}")
+        size = out.shape[-1]
+        expected = out.dtype
         try:
             with rasterio.open(path) as src:
                 dtype = np.dtype(src.dtypes[0])
-                expected = np.dtype(MODALITY_DTYPES[modality])
                 if expected.kind == "u" and dtype.kind not in "ui":
                     raise CorruptData(f"ssl4eo_local: {path} holds {dtype}, expected integer DN for {modality}")
                 if expected.kind == "f" and dtype.kind != "f":
                     raise CorruptData(f"ssl4eo_local: {path} holds {dtype}, expected float dB for {modality}")
                 native = (src.height, src.width)
-                if native == (size, size):
-                    arr = src.read(1)
+                resampling = RESAMPLING[self.resampling] if native != (size, size) else Resampling.nearest
+                if dtype == expected:  # straight into the patch array: no temporary, no copy
+                    src.read(1, out=out, resampling=resampling)
                 else:
-                    arr = src.read(1, out_shape=(size, size), resampling=RESAMPLING[self.resampling])
-                crs = src.crs.to_string() if src.crs is not None else ""
-                bounds = tuple(float(v) for v in src.bounds)
+                    arr = src.read(1, out_shape=(size, size), resampling=resampling)
+                    if expected.kind == "u":
+                        arr = np.clip(arr, 0, np.iinfo(expected).max)
+                    out[...] = arr.astype(expected, copy=False)
+                crs, bounds = src.crs, tuple(float(v) for v in src.bounds)
         except CorruptData:
             raise
         except (RasterioError, OSError, ValueError) as err:
             raise CorruptData(f"ssl4eo_local: cannot read {path}: {err}") from None
-        if arr.dtype != expected and expected.kind == "u":
-            arr = np.clip(arr, 0, np.iinfo(expected).max)
-        return arr.astype(expected, copy=False), native, crs, bounds
+        return native, crs, bounds
 
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
         check_modalities(modalities)
         size = int(grid.size)
-        images: dict[str, ModalityImage] = {}
         extra: dict[str, str] = {"season_pairing": "acquisition-order"}
+        with rasterio.Env():  # one GDAL environment for all the band files of this season
+            images, extra, footprint = self._read_modalities(location, window, modalities, size, extra)
+        if footprint is None and self.labels is not None:
+            footprint = self._footprint(location.id, window.season)
+        if footprint is not None:
+            extra["native_crs"] = footprint[0]
+            extra["native_bounds"] = json.dumps(list(footprint[1]))
+        label = None
+        if self.labels is not None and footprint is not None:
+            target = RasterGrid.from_bounds(footprint[0], footprint[1], (size, size))
+            label = self.labels.label_map(target)
+        return SeasonSample(images=images, label=label, extra=extra)
+
+    def _read_modalities(self, location: Location, window: SeasonWindow, modalities: dict[str, tuple[str, ...]],
+                         size: int, extra: dict[str, str]):
+        images: dict[str, ModalityImage] = {}
         footprint: tuple[str, tuple] | None = None
         for name in MODALITY_BANDS:  # canonical modality order: L1C, L2A, S1
             if name not in modalities:
@@ -204,10 +222,9 @@ class SSL4EOLocalSource:
             folder = self.acquisition_folder(name, location.id, window.season)
             order = [b for b in MODALITY_BANDS[name] if b in set(modalities[name])]
             data = np.empty((len(order), size, size), dtype=MODALITY_DTYPES[name])
-            finest: tuple[int, str, tuple] | None = None
+            finest: tuple[int, Any, tuple] | None = None
             for k, band in enumerate(order):
-                arr, native, crs, bounds = self._read_band(_band_path(folder, band), size, name)
-                data[k] = arr
+                native, crs, bounds = self._read_band(_band_path(folder, band), data[k], name)
                 if finest is None or native[0] * native[1] > finest[0]:
                     finest = (native[0] * native[1], crs, bounds)
             meta = read_metadata(folder)
@@ -220,20 +237,12 @@ class SSL4EOLocalSource:
             images[name] = ModalityImage(data=data, bands=tuple(order), acquired=acquisition_time(folder).date(),
                                          image_id=folder.name, cloud_pct=cloud)
             if finest is not None:
-                extra[f"{name}_crs"] = finest[1]
+                crs = finest[1].to_string() if finest[1] is not None else ""  # only for the finest band
+                extra[f"{name}_crs"] = crs
                 extra[f"{name}_bounds"] = json.dumps(list(finest[2]))
                 if footprint is None:
-                    footprint = (finest[1], finest[2])
-        if footprint is None and self.labels is not None:
-            footprint = self._footprint(location.id, window.season)
-        if footprint is not None:
-            extra["native_crs"] = footprint[0]
-            extra["native_bounds"] = json.dumps(list(footprint[1]))
-        label = None
-        if self.labels is not None and footprint is not None:
-            target = RasterGrid.from_bounds(footprint[0], footprint[1], (size, size))
-            label = self.labels.label_map(target)
-        return SeasonSample(images=images, label=label, extra=extra)
+                    footprint = (crs, finest[2])
+        return images, extra, footprint
 
     def _footprint(self, location_id: str, season: int) -> tuple[str, tuple] | None:
         """Native CRS and bounds of the first band file found for the location (labels-only requests)."""

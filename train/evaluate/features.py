@@ -398,7 +398,7 @@ _SKIP = object()
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
-    """JSON-able description of a data set: class, simple attributes and a hash of its ids.
+    """JSON-able description of a data set: class, public simple attributes and a hash of its ids.
 
     ``Subset`` → the base description plus a hash of the indices. Item ids come from ``dataset.ids``
     when present (every :class:`~train.evaluate.tasks.EvalTask`).
@@ -410,7 +410,7 @@ def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
     attrs = {}
     for k, v in sorted(vars(dataset).items()):
         s = _simple(v)
-        if s is not _SKIP and not k.startswith("__"):
+        if s is not _SKIP and not k.startswith("_"):  # private state (open handles, caches) may change
             attrs[k] = s
     desc: dict[str, Any] = {"class": f"{type(dataset).__module__}.{type(dataset).__qualname__}",
                             "n": len(dataset), "attrs": attrs}  # type: ignore[arg-type]
