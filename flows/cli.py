@@ -178,6 +178,8 @@ def pretrain(
     except (FileNotFoundError, KeyError, ValueError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(code=1) from None
+    if summary["rank"] != 0:
+        return
     losses = summary["losses"]
     if losses:
         console.print(f"{summary['steps']} steps on {summary['device']} in {summary['seconds']} s; "

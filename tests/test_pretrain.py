@@ -119,3 +119,25 @@ def test_schedules():
     assert lr_at(cfg, 99, 10, 1) < 0.01
     assert momentum_at(cfg, 0, 100) == pytest.approx(0.99)
     assert momentum_at(cfg, 100, 100) == pytest.approx(1.0)
+
+
+def test_torchrun_ddp_on_cpu(archive, tmp_path):
+    """Two processes under torchrun (Gloo, DDP): the run completes, rank 0 alone reports and writes outputs."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(config(archive, tmp_path / "ddp", epochs=1, max_steps_per_epoch=2,
+                                         batch_size=8).model_dump(mode="json")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "-m", "flows.cli", "pretrain", str(cfg), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("2 steps on cpu") == 1  # only rank 0 reports
+    rows = (tmp_path / "ddp" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3
+    assert (tmp_path / "ddp" / "backbone.safetensors").exists()

@@ -523,4 +523,5 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
                                                  "modality": cfg.modality if i == 0 else cfg.modality2})
     return {"output_dir": str(out), "epochs": cfg.epochs, "steps": global_step, "finished": finished,
             "losses": history,
-            "seconds": round(time.perf_counter() - t_start, 1), "world_size": world, "device": str(device)}
+            "seconds": round(time.perf_counter() - t_start, 1), "world_size": world, "rank": rank,
+            "device": str(device)}
