@@ -98,21 +98,10 @@ def label_vectors(
     n_pix = a.shape[-2] * a.shape[-1]
     n_slots = n_classes + 1  # classes 0..K-1, then nodata in slot K
 
-    codes = a.reshape(n_maps, n_pix).astype(np.intp)  # always a fresh copy, modified in place below
-    is_nodata = codes == nodata
-    bad = ~is_nodata & ((codes < 0) | (codes >= n_classes))
-    if bad.any():
-        values = np.unique(codes[bad])
-        shown = ", ".join(str(v) for v in values[:10]) + (", …" if values.size > 10 else "")
-        raise ValueError(
-            f"label value(s) {shown} outside the class indices 0..{n_classes - 1} "
-            f"and not the nodata value {nodata}"
-        )
-    codes[is_nodata] = n_classes
-    codes += (np.arange(n_maps, dtype=np.intp) * n_slots)[:, None]
-    counts = np.bincount(codes.ravel(), minlength=n_maps * n_slots).reshape(n_maps, n_slots)
-
-    class_counts = counts[:, :n_classes]
+    if a.dtype == np.uint8 and 0 <= nodata <= 255:
+        class_counts = _uint8_class_counts(a.reshape(n_maps, n_pix), n_classes, nodata)
+    else:
+        class_counts = _general_class_counts(a.reshape(n_maps, n_pix), n_classes, nodata)
     n_valid = class_counts.sum(axis=1)
     labelled = (n_valid > 0) & (n_valid >= min_valid_fraction * n_pix)
     frac64 = np.zeros(class_counts.shape, dtype=np.float64)
@@ -120,6 +109,47 @@ def label_vectors(
     multi_hot = (frac64 > presence_threshold).astype(np.uint8)  # unlabelled rows: frac64 == 0
     fractions = frac64.astype(np.float32)
     return fractions.reshape(*lead, n_classes), multi_hot.reshape(*lead, n_classes)
+
+
+def _bad_values_error(values: np.ndarray, n_classes: int, nodata: int) -> ValueError:
+    shown = ", ".join(str(v) for v in values[:10]) + (", …" if values.size > 10 else "")
+    return ValueError(f"label value(s) {shown} outside the class indices 0..{n_classes - 1} "
+                      f"and not the nodata value {nodata}")
+
+
+def _uint8_class_counts(maps: np.ndarray, n_classes: int, nodata: int) -> np.ndarray:
+    """Per-map class counts of uint8 maps ``(n, pixels)``: one bincount per 256 maps.
+
+    The map index goes in the high byte of a uint16 code, so the whole batch is counted at once
+    without widening the pixels to 64-bit indices; out-of-range values are found in the 256-bin
+    histograms themselves (no extra pass over the pixels).
+    """
+    n = maps.shape[0]
+    counts = np.empty((n, 256), dtype=np.int64)
+    for g0 in range(0, n, 256):
+        group = maps[g0:g0 + 256]
+        codes = (np.arange(group.shape[0], dtype=np.uint16)[:, None] << 8) | group
+        counts[g0:g0 + group.shape[0]] = np.bincount(codes.ravel(), minlength=group.shape[0] * 256).reshape(-1, 256)
+    other = counts[:, n_classes:].sum(axis=0)
+    other[nodata - n_classes] = 0  # nodata > every class index (checked by _check_params)
+    if other.any():
+        raise _bad_values_error(np.flatnonzero(other) + n_classes, n_classes, nodata)
+    return counts[:, :n_classes]
+
+
+def _general_class_counts(maps: np.ndarray, n_classes: int, nodata: int) -> np.ndarray:
+    """Per-map class counts for any integer dtype: offsets per map, one bincount over the batch."""
+    n_maps = maps.shape[0]
+    n_slots = n_classes + 1  # classes 0..K-1, then nodata in slot K
+    codes = maps.astype(np.intp)  # always a fresh copy, modified in place below
+    is_nodata = codes == nodata
+    bad = ~is_nodata & ((codes < 0) | (codes >= n_classes))
+    if bad.any():
+        raise _bad_values_error(np.unique(codes[bad]), n_classes, nodata)
+    codes[is_nodata] = n_classes
+    codes += (np.arange(n_maps, dtype=np.intp) * n_slots)[:, None]
+    counts = np.bincount(codes.ravel(), minlength=n_maps * n_slots).reshape(n_maps, n_slots)
+    return counts[:, :n_classes]
 
 
 # --------------------------------------------------------------------------- dask

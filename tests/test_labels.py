@@ -513,3 +513,18 @@ def test_real_eolearn_lulc_labels(shared_data):
     # cultivated land (11 of 9945 valid pixels, 0.11 %) does not.
     assert [DW_CLASSES[k] for k in np.flatnonzero(mh)] == ["trees", "grass", "shrub_and_scrub", "built"]
     assert frac[dw("crops")] > 0 and mh[dw("crops")] == 0
+
+
+def test_uint8_fast_path_equals_general_path_over_many_maps():
+    """More than 256 maps (several bincount groups) and a wide dtype give identical vectors."""
+    maps = random_maps(np.random.default_rng(11), (300, 2, 9, 7))
+    fast = label_vectors(maps, presence_threshold=0.05)
+    general = label_vectors(maps.astype(np.int32), presence_threshold=0.05)
+    np.testing.assert_array_equal(fast[0], general[0])
+    np.testing.assert_array_equal(fast[1], general[1])
+    bad = maps.copy()
+    bad[299, 1, 0, 0] = 42
+    with pytest.raises(ValueError, match="42"):
+        label_vectors(bad)
+    with pytest.raises(ValueError, match="42"):
+        label_vectors(bad.astype(np.int32))

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from pipeline.bands import MODALITY_BANDS
 from train.models import (
     BACKBONE_ALIASES,
     BACKBONES,
@@ -342,8 +343,10 @@ def load_backbone_for_eval(checkpoint: str | os.PathLike, in_chans: int, band_na
         if weights is not None:
             from train.models import load_weights
 
+            source_bands = MODALITY_BANDS.get(info["modality"]) if info["modality"] else None
             report = load_weights(model, weights, first_layer=first_layer,  # type: ignore[arg-type]
-                                  band_names=list(band_names) if band_names is not None else None)
+                                  band_names=list(band_names) if band_names is not None else None,
+                                  source_band_names=source_bands)
             first = set(first_layer_keys(model))
             bad = report.missing_keys or report.unexpected_keys or report.unresolved_mismatches
             if bad and strict:

@@ -21,7 +21,8 @@ Protocol (:func:`evaluate_retrieval`)
 Plots (:func:`plot_retrieval_examples`)
     One row per query: the query, then its top-k results; a green frame marks a relevant result,
     red a wrong one. Images are shown as RGB (``B4, B3, B2`` when the data set has them) or a false
-    colour composite (S1: ``VV, VH, VV − VH`` in dB), each channel stretched to its 2–98 % percentiles.
+    colour composite (S1: ``VV, VH, VV − VH`` in dB), each display channel stretched to its 2–98 %
+    percentiles over all tiles of the figure (one stretch, so tiles are comparable).
 """
 
 from __future__ import annotations
@@ -152,19 +153,25 @@ def _display_channels(dataset, rgb_bands: Sequence[str | int] | None) -> tuple[l
     return [0, 1, 2] if len(bands) >= 3 or not bands else [0, 0, 0], "first"
 
 
-def _to_rgb(image: torch.Tensor, channels: list[int] | None) -> np.ndarray:
+def _composite(image: torch.Tensor, channels: list[int] | None) -> np.ndarray:
+    """``(3, H, W)`` display channels in data units."""
     x = torch.as_tensor(image).float().numpy()
     if channels is None:  # S1 false colour: VV, VH, VV - VH
-        rgb = np.stack([x[0], x[1], x[0] - x[1]])
-    else:
-        channels = [c if c < x.shape[0] else 0 for c in channels]
-        rgb = x[channels]
-    out = np.empty_like(rgb)
-    for i, band in enumerate(rgb):
+        return np.stack([x[0], x[1], x[0] - x[1]])
+    return x[[c if c < x.shape[0] else 0 for c in channels]]
+
+
+def _stretch(composites: list[np.ndarray]) -> list[np.ndarray]:
+    """One 2–98 % percentile stretch per display channel, shared by every tile of the figure, so
+    colours and brightness are comparable between the query and its results."""
+    stack = np.stack(composites)  # (n, 3, H, W)
+    out = np.empty_like(stack)
+    for c in range(stack.shape[1]):
+        band = stack[:, c]
         finite = band[np.isfinite(band)]
-        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
-        out[i] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    return np.nan_to_num(out.transpose(1, 2, 0))
+        lo, hi = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
+        out[:, c] = np.clip((band - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+    return [np.nan_to_num(t.transpose(1, 2, 0)) for t in out]
 
 
 def plot_retrieval_examples(dataset, query_idx: Sequence[int], ranked_db_idx, relevance, path_png: str | Path,
@@ -192,12 +199,15 @@ def plot_retrieval_examples(dataset, query_idx: Sequence[int], ranked_db_idx, re
     nq, k = ranked.shape
     fig = Figure(figsize=(tile_inches * (k + 1), tile_inches * nq + (0.4 if title else 0)))
     axes = fig.subplots(nq, k + 1, squeeze=False)
-    for r, q in enumerate(query_idx):
-        cells = [(q, None)] + [(int(ranked[r, j]), bool(rel[r, j])) for j in range(k)]
-        for c, (idx, ok) in enumerate(cells):
+    cells = [[(q, None)] + [(int(ranked[r, j]), bool(rel[r, j])) for j in range(k)]
+             for r, q in enumerate(query_idx)]
+    items = {idx: dataset[idx] for row in cells for idx, _ in row}
+    shown = dict(zip(items, _stretch([_composite(it["image"], channels) for it in items.values()])))
+    for r, row in enumerate(cells):
+        for c, (idx, ok) in enumerate(row):
             ax = axes[r, c]
-            item = dataset[idx]
-            ax.imshow(_to_rgb(item["image"], channels), interpolation="nearest")
+            item = items[idx]
+            ax.imshow(shown[idx], interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             colour = "#1f4e9c" if ok is None else ("#1a9c3c" if ok else "#d62728")
