@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -22,7 +21,11 @@ from train.evaluate.metrics import (
 )
 from train.evaluate.probe import train_linear_probe
 from train.evaluate.report import write_report
-from train.evaluate.retrieval import evaluate_retrieval, plot_retrieval_examples, rank_database
+from train.evaluate.retrieval import (
+    evaluate_retrieval,
+    plot_retrieval_examples,
+    rank_database,
+)
 from train.evaluate.run import build_splits, evaluate, parse_task_options
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -251,9 +254,9 @@ def test_evaluate_end_to_end_on_archive(archive, tmp_path):
     from train.pretrain import PretrainConfig, latest_checkpoint, run_pretraining
 
     run_dir = tmp_path / "softcon-tiny"
-    cfg = PretrainConfig.model_validate(dict(
-        archive=archive, output_dir=str(run_dir), crop_size=32, batch_size=16, num_workers=0, backbone="resnet18",
-        proj_hidden=64, proj_out=32, pred_hidden=64, epochs=1, max_steps_per_epoch=1, log_every=1000))
+    cfg = PretrainConfig.model_validate({
+        "archive": archive, "output_dir": str(run_dir), "crop_size": 32, "batch_size": 16, "num_workers": 0, "backbone": "resnet18",
+        "proj_hidden": 64, "proj_out": 32, "pred_hidden": 64, "epochs": 1, "max_steps_per_epoch": 1, "log_every": 1000})
     run_pretraining(cfg, progress=False)
     assert (run_dir / "backbone.safetensors").is_file()
 

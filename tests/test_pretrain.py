@@ -95,6 +95,18 @@ def test_every_loss_trains_on_the_engine(archive, tmp_path, name, options):
     assert len(res["losses"]) == 2 and np.isfinite(res["losses"]).all()
 
 
+def test_archive_statistics_file(archive, tmp_path):
+    from train.data import compute_archive_statistics, save_statistics
+
+    mean, std = compute_archive_statistics(archive, "s2_l2a")
+    from pipeline.bands import S2_L2A_BANDS
+
+    save_statistics(tmp_path / "stats.json", "s2_l2a", list(S2_L2A_BANDS), mean, std)
+    res = run_pretraining(config(archive, tmp_path / "st", modality="s2_l2a", epochs=1, max_steps_per_epoch=1,
+                                 statistics=str(tmp_path / "stats.json")), progress=False)
+    assert np.isfinite(res["losses"]).all()
+
+
 def test_cross_modal_and_seasonal_views(archive, tmp_path):
     res = run_pretraining(config(archive, tmp_path / "xm", view_mode="cross_modal", epochs=1,
                                  max_steps_per_epoch=2), progress=False)

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from train.data import ArchiveDataset, build_dataloader
+from train.data import ArchiveDataset, Normalizer, build_dataloader
 from train.augment import ms_view_transforms, sar_view_transforms
 from train.losses import build_loss
 from train.models import build_encoder, random_patch_mask
@@ -78,6 +78,9 @@ class PretrainConfig(BaseModel):
     modality: Literal["s2_l1c", "s2_l2a", "s1_grd"] = "s2_l1c"
     view_mode: Literal["same_season", "seasonal", "cross_modal"] = "same_season"
     modality2: Literal["s2_l1c", "s2_l2a", "s1_grd"] = "s1_grd"
+    statistics: str = "published"
+    """Per-band normalisation statistics: ``published`` (SSL4EO-S12 set A, softcon.md §1.6) or the path of
+    a JSON written by ``softcon stats`` (the archive's own statistics). Scaling: clip((x − (μ−2σ)) / 4σ, 0, 1)."""
     crop_size: int = Field(64, ge=8)
     backbone: str = "resnet18"
     backbone2: str | None = None
@@ -128,8 +131,9 @@ def load_config(path: str | Path, **overrides: Any) -> PretrainConfig:
             return p
         return str((base / p).resolve())
 
+    stats = cfg.statistics if cfg.statistics == "published" else fix(cfg.statistics)
     return cfg.model_copy(update={"archive": fix(cfg.archive), "output_dir": fix(cfg.output_dir),
-                                  "weights": fix(cfg.weights)})
+                                  "weights": fix(cfg.weights), "statistics": stats})
 
 
 # --------------------------------------------------------------------------- distributed helpers
@@ -344,6 +348,10 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
     t1 = sar_view_transforms(cfg.crop_size) if sar1 else ms_view_transforms(cfg.crop_size, 1)
     t2 = sar_view_transforms(cfg.crop_size) if sar1 else ms_view_transforms(cfg.crop_size, 2)
     kwargs: dict[str, Any] = {}
+    if cfg.statistics != "published":
+        kwargs["normalizer"] = Normalizer.from_file(cfg.statistics, cfg.modality)
+        if cfg.view_mode == "cross_modal":
+            kwargs["normalizer2"] = Normalizer.from_file(cfg.statistics, cfg.modality2)
     if cfg.view_mode == "cross_modal":
         sar2 = cfg.modality2 == "s1_grd"
         kwargs["transforms2"] = sar_view_transforms(cfg.crop_size) if sar2 else ms_view_transforms(cfg.crop_size, 2)

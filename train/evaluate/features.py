@@ -82,16 +82,16 @@ __all__ = [
     "RANDOM_PREFIX",
     "EvalBackbone",
     "PixelStatistics",
-    "load_backbone_for_eval",
+    "checkpoint_label",
+    "dataset_fingerprint",
     "extract_features",
     "features_cache_path",
+    "load_backbone_for_eval",
     "model_fingerprint",
-    "dataset_fingerprint",
-    "checkpoint_label",
-    "resolve_checkpoint",
-    "read_checkpoint_info",
-    "resolve_device",
     "prepare_batch",
+    "read_checkpoint_info",
+    "resolve_checkpoint",
+    "resolve_device",
 ]
 
 DEFAULT_CACHE_DIR = ".cache/features"
@@ -409,7 +409,7 @@ def dataset_fingerprint(dataset: Dataset) -> dict[str, Any]:
     if isinstance(dataset, Subset):
         idx = np.asarray(dataset.indices, dtype=np.int64)
         return {"subset_of": dataset_fingerprint(dataset.dataset),
-                "indices_sha256": hashlib.sha256(idx.tobytes()).hexdigest(), "n": int(len(idx))}
+                "indices_sha256": hashlib.sha256(idx.tobytes()).hexdigest(), "n": len(idx)}
     attrs = {}
     for k, v in sorted(vars(dataset).items()):
         s = _simple(v)
@@ -440,7 +440,7 @@ def features_cache_path(cache_dir: str | os.PathLike, key: Mapping[str, Any], na
 def _load_cached(path: Path, key: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
     if not path.is_file():
         return None
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -448,7 +448,7 @@ def _load_cached(path: Path, key: Mapping[str, Any]) -> tuple[torch.Tensor, torc
             if json.loads(meta.get("key", "null")) != json.loads(json.dumps(key, sort_keys=True, default=str)):
                 return None
             return f.get_tensor("features"), f.get_tensor("labels")
-    except Exception as err:  # a truncated or foreign file: recompute
+    except (SafetensorError, OSError, ValueError, KeyError) as err:  # truncated or foreign file: recompute
         log.warning("ignoring unreadable feature cache %s (%s)", path, err)
         return None
 

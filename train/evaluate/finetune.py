@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from train.evaluate.features import prepare_batch, resolve_device
 from train.evaluate.probe import classification_metrics
 
-__all__ = ["FinetuneModel", "finetune", "dihedral_augment"]
+__all__ = ["FinetuneModel", "dihedral_augment", "finetune"]
 
 
 class FinetuneModel(nn.Module):
@@ -119,7 +119,7 @@ def finetune(backbone: nn.Module, train_set: Dataset, test_set: Dataset | None, 
                         generator=g, num_workers=num_workers)
     steps_per_epoch = len(loader) if max_steps_per_epoch is None else min(len(loader), max_steps_per_epoch)
     total = max(1, epochs * steps_per_epoch)
-    warm = int(round(warmup_epochs * steps_per_epoch))
+    warm = round(warmup_epochs * steps_per_epoch)
     aug_g = torch.Generator().manual_seed(seed + 1)
     use_amp = amp and dev.type == "cuda"
     epoch_losses: list[float] = []

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from train.evaluate.probe import classification_metrics, is_multilabel
 
-__all__ = ["knn_scores", "knn_evaluate"]
+__all__ = ["knn_evaluate", "knn_scores"]
 
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -122,8 +122,8 @@ def knn_evaluate(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     if str(pk) not in by_k:
         raise ValueError(f"primary_k={pk} is not among k={ks}")
     return {"metrics": dict(by_k[str(pk)], k=pk), "per_class_ap": per_class[str(pk)], "by_k": by_k,
-            "config": {"k": ks, "primary_k": pk, "temperature": temperature, "n_train": int(len(train_y)),
-                       "n_test": int(len(test_y)), "multilabel": multilabel,
+            "config": {"k": ks, "primary_k": pk, "temperature": temperature, "n_train": len(train_y),
+                       "n_test": len(test_y), "multilabel": multilabel,
                        "vote": "normalised exp(cos/T) weights"},
             "seconds": round(time.perf_counter() - t0, 3)}
 

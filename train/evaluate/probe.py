@@ -30,9 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.evaluate.metrics import average_precision, hamming_loss, mean_average_precision, overall_accuracy
+from train.evaluate.metrics import (
+    average_precision,
+    hamming_loss,
+    mean_average_precision,
+    overall_accuracy,
+)
 
-__all__ = ["ProbeResult", "classification_metrics", "is_multilabel", "train_linear_probe", "Standardizer"]
+__all__ = ["ProbeResult", "Standardizer", "classification_metrics", "is_multilabel", "train_linear_probe"]
 
 
 def is_multilabel(y: torch.Tensor) -> bool:
@@ -197,7 +202,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
     if len(lrs) > 1:
         n = len(xtr)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
-        n_val = max(1, int(round(val_fraction * n)))
+        n_val = max(1, round(val_fraction * n))
         vi, ti = perm[:n_val], perm[n_val:]
         s_fit = Standardizer(train_x[ti]) if standardize else None
         fx = s_fit(train_x[ti]) if s_fit else train_x[ti]
@@ -223,7 +228,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
     config = {"multilabel": multilabel, "num_classes": c, "epochs": epochs, "lr": lrs if len(lrs) > 1 else best,
               "selected_lr": best, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed,
               "standardize": standardize, "optimizer": "AdamW, cosine to 0, zero-initialised head",
-              "n_train": int(len(train_x)), "n_test": int(len(test_x)) if test_x is not None else 0}
+              "n_train": len(train_x), "n_test": len(test_x) if test_x is not None else 0}
     return ProbeResult(metrics=metrics, per_class_ap=per_class, scores=scores if keep_scores else None,
                        train_losses=losses, config=config, head=head, standardizer=std,
                        seconds=time.perf_counter() - t0, lr_search=search)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HEADLINE_METRICS", "PROTOCOL_ORDER", "to_jsonable", "results_table", "plot_per_class_ap", "write_report"]
+__all__ = ["HEADLINE_METRICS", "PROTOCOL_ORDER", "plot_per_class_ap", "results_table", "to_jsonable", "write_report"]
 
 PROTOCOL_ORDER: tuple[str, ...] = ("linear", "knn", "finetune", "retrieval")
 #: Columns of the markdown table, per protocol, in order (shown when at least one row has them).

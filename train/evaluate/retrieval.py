@@ -36,15 +36,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from train.evaluate.metrics import imbriaco_split, retrieval_metrics, retrieval_metrics_per_query
+from train.evaluate.metrics import (
+    imbriaco_split,
+    retrieval_metrics,
+    retrieval_metrics_per_query,
+)
 
 __all__ = [
     "IMBRIACO_LEVELS",
     "IMBRIACO_SEED",
     "as_multi_hot",
     "evaluate_retrieval",
-    "rank_database",
     "plot_retrieval_examples",
+    "rank_database",
 ]
 
 #: Jaccard-similarity thresholds of Imbriaco et al.'s easy / medium / hard levels.
@@ -68,12 +72,12 @@ def _one_split(feats: torch.Tensor, y: torch.Tensor, seed: int, query_fraction: 
     out = retrieval_metrics(feats[q], y[q], feats[d], y[d], ks=ks, relevance="share",
                             ap_normalizer="retrieved", empty_queries="exclude", chunk_size=chunk_size)
     res = {k: float(v) for k, v in out.items()}
-    res["n_database"] = int(len(d))
+    res["n_database"] = len(d)
     if levels:
         _, n_hard = retrieval_metrics_per_query(feats[q], y[q], feats[d], y[d], ks=(1,), relevance="jaccard",
                                                 jaccard_threshold=IMBRIACO_LEVELS["hard"], chunk_size=chunk_size)
         keep = q[n_hard > 0]
-        res["levels_n_queries"] = int(len(keep))
+        res["levels_n_queries"] = len(keep)
         for name, t in IMBRIACO_LEVELS.items():
             if len(keep) == 0:
                 res[f"{name}/mAP@all"] = math.nan
@@ -110,12 +114,12 @@ def evaluate_retrieval(features: torch.Tensor, labels: torch.Tensor, *, seed: in
             metrics[f"{key}_std"] = float(vals.std())
     for key in ("n_queries", "n_valid", "n_database", "levels_n_queries"):
         if key in metrics:
-            metrics[key] = int(round(metrics[key]))
+            metrics[key] = round(metrics[key])
     return {"metrics": metrics,
             "config": {"seeds": seeds, "query_fraction": query_fraction, "ks": list(ks),
                        "relevance": "share >= 1 label", "ap_normalizer": "retrieved (spec (a))",
                        "empty_queries": "excluded", "imbriaco_levels": IMBRIACO_LEVELS if imbriaco_levels else None,
-                       "n_items": int(len(feats))}}
+                       "n_items": len(feats)}}
 
 
 def rank_database(features: torch.Tensor, query_idx: Sequence[int] | torch.Tensor,

@@ -101,7 +101,7 @@ def _base(dataset: Dataset) -> EvalTask:
 def _index_split(n: int, test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     if n < 2:
         raise ValueError(f"cannot split {n} item(s) into train and test")
-    n_test = min(max(int(math.floor(test_fraction * n + 0.5)), 1), n - 1)
+    n_test = min(max(math.floor(test_fraction * n + 0.5), 1), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return sorted(perm[n_test:].tolist()), sorted(perm[:n_test].tolist())
 
@@ -152,21 +152,6 @@ def _make_normalizer(normalizer: Any, modality: str, bands: Sequence[str]) -> No
     if isinstance(normalizer, (str, os.PathLike)):
         return Normalizer.from_file(normalizer, modality, list(bands))
     raise ValueError(f"normalizer must be 'published', a statistics file, a Normalizer or None, got {normalizer!r}")
-
-
-def _labels(dataset: Dataset) -> torch.Tensor:
-    base = _base(dataset)
-    if isinstance(dataset, Subset):
-        idx = _flat_indices(dataset)
-        return torch.stack([torch.as_tensor(base.label(i)) for i in idx])
-    return torch.stack([torch.as_tensor(base.label(i)) for i in range(len(base))])
-
-
-def _flat_indices(dataset: Dataset) -> list[int]:
-    if isinstance(dataset, Subset):
-        inner = _flat_indices(dataset.dataset)
-        return [inner[i] for i in dataset.indices]
-    return list(range(len(dataset)))  # type: ignore[arg-type]
 
 
 def _safe(text: str) -> str:
@@ -283,18 +268,10 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
     norm = _make_normalizer(normalizer, modality, bands)
     log.info("%s: %d train / %d test items (%s), %d classes, modality %s", task, len(train_ds), len(test_ds),
              split_desc, len(classes), modality)
-    test_labels_all = _labels(test_ds)
 
-    # retrieval example queries, shared by all checkpoints
-    examples: list[int] = []
+    # retrieval example queries, shared by all checkpoints (chosen from the first test labels seen)
+    examples: list[int] | None = None
     example_db: torch.Tensor | None = None
-    if "retrieval" in protocols and plot_examples > 0 and len(test_ds) >= 2:
-        y = as_multi_hot(test_labels_all, None if multilabel else len(classes))
-        q, d = imbriaco_split(len(test_ds), ret_kw.get("query_fraction", 0.2),
-                              int(np.atleast_1d(ret_kw.get("seed", IMBRIACO_SEED))[0]))
-        has_rel = (y[q] @ y[d].T > 0).any(1)
-        examples = q[has_rel][:plot_examples].tolist()
-        example_db = d
 
     rows: dict[str, dict[str, Any]] = {}
     files: dict[str, str] = {}
@@ -306,8 +283,8 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
                                "feature_dim": model.feature_dim, "notes": list(model.notes)}
         log.info("evaluating %s (%s, %s, %d-d features)", label, model.kind, model.backbone_name, model.feature_dim)
         needs_train = any(p in protocols for p in ("linear", "knn"))
-        common = dict(batch_size=batch_size, device=dev, normalizer=norm, resize_to=resize_to,
-                      cache_dir=cache_dir, num_workers=num_workers, amp=dev.type == "cuda")
+        common = {"batch_size": batch_size, "device": dev, "normalizer": norm, "resize_to": resize_to,
+                      "cache_dir": cache_dir, "num_workers": num_workers, "amp": dev.type == "cuda"}
         t0 = time.perf_counter()
         te_x, te_y = extract_features(model, test_ds, cache_name=f"{task}-{_safe(label)}-test", **common)
         tr_x = tr_y = None
@@ -330,6 +307,12 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
             if not multilabel:
                 kwargs.setdefault("num_classes", len(classes))
             row["retrieval"] = evaluate_retrieval(te_x, te_y, **kwargs)
+            if examples is None and plot_examples > 0 and len(test_ds) >= 2:
+                y = as_multi_hot(te_y, None if multilabel else len(classes))
+                q, example_db = imbriaco_split(len(test_ds), kwargs.get("query_fraction", 0.2),
+                                               int(np.atleast_1d(kwargs.get("seed", IMBRIACO_SEED))[0]))
+                has_rel = (y[q] @ y[example_db].T > 0).any(1)
+                examples = q[has_rel][:plot_examples].tolist()
             if examples and example_db is not None:
                 ranked = rank_database(te_x, examples, example_db, plot_top_k)
                 y = as_multi_hot(te_y, None if multilabel else len(classes))
