@@ -135,6 +135,35 @@ def locations(
         console.print(f"map → {plot}")
 
 
+@app.command()
+def evaluate(
+    checkpoints: list[str] = typer.Argument(..., help="run folders, weight files, 'random:<arch>' or 'pixels'"),
+    task: str = typer.Option(..., help="archive | bigearthnet_v1 | bigearthnet_v2 | eurosat"),
+    opt: list[str] = typer.Option([], help="task reader option key=value, repeatable (e.g. store=..., root=...)"),
+    protocol: list[str] = typer.Option(["linear", "knn", "retrieval"], help="linear | knn | retrieval | finetune"),
+    fraction: Optional[float] = typer.Option(None, help="training subset, e.g. 0.1 for BigEarthNet-10%"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(Path("output/eval"), help="folder for results.json, results.md and plots"),
+    device: str = typer.Option("auto"),
+    baselines: bool = typer.Option(True, help="add the random-init and raw-pixel baselines"),
+    resize_to: Optional[int] = typer.Option(None, help="resize inputs, e.g. 224 for ViTs"),
+) -> None:
+    """Compare checkpoints on a downstream task: linear probe, kNN, retrieval, fine-tuning."""
+    _offline_defaults()
+    from train.evaluate.run import evaluate as run_evaluation
+    from train.evaluate.run import parse_task_options
+
+    try:
+        results = run_evaluation(checkpoints, task, parse_task_options(opt), protocols=tuple(protocol), out_dir=out,
+                                 fraction=fraction, seed=seed, device=device, baselines=baselines,
+                                 resize_to=resize_to)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=1) from None
+    md = Path(out) / "results.md"
+    console.print(md.read_text() if md.exists() else results)
+
+
 @app.command("import-labels")
 def import_labels(
     labels_json: Path = typer.Argument(..., help="published SSL4EO-S12-ML JSON (.json or .json.gz)"),

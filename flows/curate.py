@@ -104,30 +104,17 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-@task(name="launch-pretraining", cache_policy=NO_CACHE)
 def launch_pretraining(manifest: Manifest) -> str:
-    """Final task: pretrain on the new archive when the manifest asks for it (resuming an earlier run)."""
-    logger = get_run_logger()
+    """Final step: the pretraining flow on the new archive when the manifest asks for it (it resumes)."""
     if not manifest.pretrain.enabled:
-        logger.info("pretraining not requested (pretrain.enabled is false)")
+        get_run_logger().info("pretraining not requested (pretrain.enabled is false)")
         return "not requested"
-    from train.pretrain import run_pretraining
-
     if not manifest.pretrain.config:
         raise ValueError("pretrain.enabled is true but pretrain.config names no training config")
-    summary = run_pretraining(manifest.pretrain.config, archive=manifest.store.path, resume=_has_checkpoint(manifest),
-                              progress=False)
-    losses = summary["losses"]
-    logger.info("pretraining: %d steps, loss %s, outputs in %s", summary["steps"],
-                f"{losses[0]:.4f} → {losses[-1]:.4f}" if losses else "n/a", summary["output_dir"])
-    return f"done: {summary['output_dir']}"
+    from flows.pretrain import pretrain
 
-
-def _has_checkpoint(manifest: Manifest) -> bool:
-    """Resume pretraining when an earlier run of the same config left a checkpoint."""
-    from train.pretrain import latest_checkpoint, load_config
-
-    return latest_checkpoint(Path(load_config(manifest.pretrain.config).output_dir)) is not None
+    result = pretrain(manifest.pretrain.config, archive=manifest.store.path)
+    return f"done: {result['output_dir']}"
 
 
 def _ensure_source_limit(manifest: Manifest) -> None:

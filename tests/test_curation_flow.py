@@ -167,3 +167,25 @@ def test_local_ssl4eo_copy_through_the_flow(tmp_path, harness, shared_data):
     with rasterio.open(shared_data / "ssl4eo_s12" / "s2c" / "0000200" / acq / "B2.tif") as src:
         np.testing.assert_array_equal(ds["s2_l1c"].values[0, 0, 1], src.read(1))
     assert ds["s1_grd"].dtype == np.float32 and np.isfinite(ds["s1_grd"].values).all()
+
+
+def test_flow_ends_with_pretraining_when_asked(tmp_path, harness):
+    """curate → pretrain: the flow's final step trains on the new archive (and resumes on a rerun)."""
+    from flows.curate import curate_manifest
+
+    train_cfg = tmp_path / "train.yaml"
+    train_cfg.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "run"), "crop_size": 24, "batch_size": 8, "num_workers": 0, "epochs": 1,
+        "max_steps_per_epoch": 2, "proj_hidden": 32, "proj_out": 16, "pred_hidden": 32}))
+    manifest = write_manifest(tmp_path / "m.yaml", tmp_path / "a.zarr", n_locations=4, size=32, processes=False)
+    data = yaml.safe_load(manifest.read_text())
+    data["pretrain"] = {"enabled": True, "config": str(train_cfg)}
+    manifest.write_text(yaml.safe_dump(data))
+    summary = curate_manifest(str(manifest))
+    assert summary["pretraining"] == f"done: {tmp_path / 'run'}"
+    assert (tmp_path / "run" / "backbone.safetensors").exists()
+    rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3
+    again = curate_manifest(str(manifest))  # resumes: nothing left to train, no rows added
+    assert again["pretraining"].startswith("done")
+    assert len((tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()) == 3

@@ -289,6 +289,22 @@ def test_evaluate_end_to_end_on_archive(archive, tmp_path):
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "per_class_ap_linear.png" in pngs and "per_class_ap_finetune.png" in pngs
     assert "retrieval_examples_softcon-tiny.png" in pngs
+    assert res["normalizer_source"].startswith("published")
+    # a backbone that records its input scaling is evaluated with it (normalizer="auto")
+    from safetensors.torch import load_file, save_file
+
+    from train.data import Normalizer
+    from train.evaluate.features import read_checkpoint_info
+    from train.evaluate.run import _make_normalizer
+
+    recorded = Normalizer.published("s2_l1c", mode="zscore").to_dict()
+    save_file(load_file(str(run_dir / "backbone.safetensors")), str(tmp_path / "rec.safetensors"),
+              metadata={"format": "softcon-backbone", "backbone": "resnet18", "modality": "s2_l1c",
+                        "normalizer": json.dumps(recorded)})
+    info = read_checkpoint_info(tmp_path / "rec.safetensors")
+    norm, how = _make_normalizer("auto", "s2_l1c", ["B4", "B3"], [info])
+    assert info["normalizer"] == recorded and norm.mode == "zscore" and norm.bands == ("B4", "B3")
+    assert how == "recorded in the checkpoint"
     # a second run reuses every cached feature file (no new cache entries)
     n_cache = len(list((tmp_path / "cache").glob("*.safetensors")))
     assert n_cache == 6

@@ -524,11 +524,17 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
             csv_file.close()
     finished = global_step >= total_steps
     if rank == 0 and finished:
+        normalizers = [ds.normalizer, ds.normalizer2]
         for i, br in enumerate(core.branches):
-            name = "backbone.safetensors" if i == 0 else f"backbone-{cfg.modality2}.safetensors"
+            modality = cfg.modality if i == 0 else cfg.modality2
+            arch = cfg.backbone if i == 0 else (cfg.backbone2 or cfg.backbone)
+            name = "backbone.safetensors" if i == 0 else f"backbone-{modality}.safetensors"
+            meta = {"format": "softcon-backbone", "backbone": arch, "modality": modality,
+                    "bands": json.dumps(ds.band_names if i == 0 else ds.band_names2)}
+            if normalizers[i] is not None:  # evaluation scales inputs the same way ("auto")
+                meta["normalizer"] = json.dumps(normalizers[i].to_dict())
             save_file({k: v.detach().cpu().contiguous() for k, v in br.online.backbone.state_dict().items()},
-                      str(out / name), metadata={"format": "softcon-backbone", "backbone": cfg.backbone,
-                                                 "modality": cfg.modality if i == 0 else cfg.modality2})
+                      str(out / name), metadata=meta)
     return {"output_dir": str(out), "epochs": cfg.epochs, "steps": global_step, "finished": finished,
             "losses": history,
             "seconds": round(time.perf_counter() - t_start, 1), "world_size": world, "rank": rank,

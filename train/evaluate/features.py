@@ -72,6 +72,7 @@ from train.models import (
     build_backbone,
     first_layer_keys,
     get_backbone_spec,
+    load_weights,
 )
 
 log = logging.getLogger(__name__)
@@ -185,12 +186,16 @@ def _guess_backbone(path: str) -> str | None:
 def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """What can be known about a checkpoint without building a model.
 
-    Returns ``{"path", "kind", "backbone", "modality", "format"}``; ``kind`` is ``"pixels"``,
-    ``"random"``, ``"softcon-backbone"``, ``"pretrain-checkpoint"`` or ``"weights"``; unknown
-    fields are None.
+    Returns ``{"path", "kind", "backbone", "modality", "format", "normalizer"}``; ``kind`` is
+    ``"pixels"``, ``"random"``, ``"softcon-backbone"``, ``"pretrain-checkpoint"`` or ``"weights"``;
+    unknown fields are None. ``normalizer`` is the input scaling the checkpoint was trained with,
+    when recorded: a :meth:`train.data.Normalizer.to_dict` mapping (metadata key ``normalizer``
+    of ``backbone.safetensors``), or a statistics-file path (``statistics`` of a pretraining
+    config other than ``"published"``).
     """
     path = resolve_checkpoint(checkpoint)
-    info: dict[str, Any] = {"path": path, "kind": "weights", "backbone": None, "modality": None, "format": None}
+    info: dict[str, Any] = {"path": path, "kind": "weights", "backbone": None, "modality": None, "format": None,
+                            "normalizer": None}
     if path == PIXELS:
         info["kind"] = "pixels"
         return info
@@ -211,9 +216,15 @@ def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
         info["format"] = fmt
         if fmt == BACKBONE_FORMAT:
             info.update(kind="softcon-backbone", backbone=meta.get("backbone"), modality=meta.get("modality"))
+            if meta.get("normalizer"):
+                info["normalizer"] = json.loads(meta["normalizer"])
+            elif meta.get("statistics") and meta["statistics"] != "published":
+                info["normalizer"] = meta["statistics"]
         elif fmt == PRETRAIN_FORMAT:
             cfg = json.loads(meta.get("meta", "{}")).get("config", {})
             info.update(kind="pretrain-checkpoint", backbone=cfg.get("backbone"), modality=cfg.get("modality"))
+            if cfg.get("statistics") not in (None, "published"):
+                info["normalizer"] = cfg["statistics"]
     if info["backbone"] is None:
         info["backbone"] = _guess_backbone(path)
     return info
@@ -340,9 +351,8 @@ def load_backbone_for_eval(checkpoint: str | os.PathLike, in_chans: int, band_na
         model, dim = build_backbone(name, in_chans, img_size=img_size, first_layer=first_layer,  # type: ignore[arg-type]
                                     band_names=list(band_names) if band_names is not None else None)
         notes: list[str] = []
+        random_parts = False
         if weights is not None:
-            from train.models import load_weights
-
             source_bands = MODALITY_BANDS.get(info["modality"]) if info["modality"] else None
             report = load_weights(model, weights, first_layer=first_layer,  # type: ignore[arg-type]
                                   band_names=list(band_names) if band_names is not None else None,
@@ -357,6 +367,7 @@ def load_backbone_for_eval(checkpoint: str | os.PathLike, in_chans: int, band_na
             kept_random = [k for k, m in report.shape_mismatched_keys.items()
                            if k in first and "random" in m.action]
             if kept_random:
+                random_parts = True
                 msg = (f"first layer kept a random init: checkpoint channels differ from the task's "
                        f"{in_chans} (policy {first_layer!r})")
                 log.warning("%s: %s", path, msg)
@@ -366,7 +377,8 @@ def load_backbone_for_eval(checkpoint: str | os.PathLike, in_chans: int, band_na
     if kind == "random":
         fp = f"random:v1:{name}:in{in_chans}:seed{seed}"
     else:
-        fp = f"file:{file_sha256(path)}:{name}:in{in_chans}:{first_layer}:seed{seed}"
+        # the seed matters only when part of the model (a new first layer) is randomly initialised
+        fp = f"file:{file_sha256(path)}:{name}:in{in_chans}:{first_layer}" + (f":seed{seed}" if random_parts else "")
     if spec.family == "vit":
         fp += f":pool-{vit_pool}{n_blocks if vit_pool == 'dinov2' else ''}:img{img_size}"
         if vit_pool == "dinov2":

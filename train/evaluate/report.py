@@ -111,6 +111,7 @@ def _markdown(results: Mapping[str, Any], images: Mapping[str, str]) -> str:
              ("test items", results.get("n_test")), ("classes", len(results.get("classes", []) or [])),
              ("multi-label", results.get("multilabel")), ("split", results.get("split")),
              ("train fraction", results.get("fraction")), ("seed", results.get("seed")),
+             ("input scaling", results.get("normalizer_source")),
              ("protocols", ", ".join(results.get("protocols", []) or []))]
     out += [f"- **{k}**: {v}" for k, v in facts if v is not None]
     out += ["", "All values × 100. `–`: not run or not defined.", "", results_table(results), ""]

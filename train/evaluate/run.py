@@ -25,13 +25,18 @@ Checkpoints and baselines
     among the checkpoints (same seed as everything else) and ``pixels``.
 
 Protocols: ``linear`` (:mod:`.probe`), ``knn`` (:mod:`.knn`), ``retrieval`` (:mod:`.retrieval`, on
-the test split) and ``finetune`` (:mod:`.finetune`; skipped for the pixel baseline). Inputs are
-scaled with the published SSL4EO-S12 statistics of the task's bands (``normalizer="published"``,
-as in pretraining), or a statistics file / :class:`~train.data.Normalizer` / None.
+the test split) and ``finetune`` (:mod:`.finetune`; skipped for the pixel baseline).
+
+Input scaling (one for every row, baselines included): ``normalizer="auto"`` uses the scaling the
+checkpoints record (``normalizer`` metadata of ``backbone.safetensors`` or a pretraining config's
+``statistics`` file) when they agree, else the published SSL4EO-S12 statistics of the task's bands
+(set A, the pretraining default); or pass ``"published"``, a statistics file, a
+:class:`~train.data.Normalizer` or None.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -144,14 +149,36 @@ def build_splits(task: str, task_kwargs: Mapping[str, Any] | None = None, seed: 
     return train, test, desc
 
 
-def _make_normalizer(normalizer: Any, modality: str, bands: Sequence[str]) -> Normalizer | None:
-    if normalizer is None or isinstance(normalizer, Normalizer):
-        return normalizer
+def _normalizer_from_record(record: Any, modality: str, bands: Sequence[str]) -> Normalizer:
+    """A recorded normaliser (``Normalizer.to_dict()`` mapping or statistics-file path) for ``bands``."""
+    if isinstance(record, Mapping):
+        norm = Normalizer(record["mean"], record["std"], mode=record.get("mode", "softcon"),
+                          bands=record.get("bands"), nan_value=record.get("nan_value", 0.0))
+        return norm.subset(list(bands))
+    return Normalizer.from_file(record, modality, list(bands))
+
+
+def _make_normalizer(normalizer: Any, modality: str, bands: Sequence[str],
+                     infos: Sequence[Mapping[str, Any]] = ()) -> tuple[Normalizer | None, str]:
+    """``(normalizer, description)``; ``"auto"`` = the scaling the checkpoints record, else published."""
+    if normalizer is None:
+        return None, "none (raw data units)"
+    if isinstance(normalizer, Normalizer):
+        return normalizer, "given"
+    if normalizer == "auto":
+        recorded = [i["normalizer"] for i in infos if i.get("normalizer") is not None]
+        distinct = {json.dumps(r, sort_keys=True, default=str) for r in recorded}
+        if len(distinct) == 1:
+            return _normalizer_from_record(recorded[0], modality, bands), "recorded in the checkpoint"
+        if len(distinct) > 1:
+            log.warning("checkpoints record different input scalings; using the published statistics for all")
+        normalizer = "published"
     if normalizer == "published":
-        return Normalizer.published(modality, list(bands))
+        return Normalizer.published(modality, list(bands)), "published SSL4EO-S12 statistics (set A)"
     if isinstance(normalizer, (str, os.PathLike)):
-        return Normalizer.from_file(normalizer, modality, list(bands))
-    raise ValueError(f"normalizer must be 'published', a statistics file, a Normalizer or None, got {normalizer!r}")
+        return Normalizer.from_file(normalizer, modality, list(bands)), f"statistics file {normalizer}"
+    raise ValueError("normalizer must be 'auto', 'published', a statistics file, a Normalizer or None, "
+                     f"got {normalizer!r}")
 
 
 def _safe(text: str) -> str:
@@ -192,7 +219,7 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
              fraction: float | None = None, seed: int = 0, device: str = "auto", baselines: bool = True, *,
              backbone_name: str | None = None, batch_size: int = 64, num_workers: int = 0,
              cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR, resize_to: int | None = None,
-             normalizer: Any = "published", test_fraction: float = 0.2, first_layer: str = "random",
+             normalizer: Any = "auto", test_fraction: float = 0.2, first_layer: str = "random",
              vit_pool: str = "cls", probe_kwargs: Mapping[str, Any] | None = None,
              knn_kwargs: Mapping[str, Any] | None = None, retrieval_kwargs: Mapping[str, Any] | None = None,
              finetune_kwargs: Mapping[str, Any] | None = None, plot_examples: int = 4,
@@ -212,7 +239,8 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
         baselines: add the random-init and raw-pixel baselines.
         backbone_name: architecture of weight files that record none.
         resize_to: resize inputs (e.g. 224 for ViTs on 120 px BigEarthNet).
-        normalizer: ``"published"`` (default), a statistics JSON, a ``Normalizer`` or None.
+        normalizer: ``"auto"`` (default: what the checkpoints record, else published), ``"published"``,
+            a statistics JSON, a ``Normalizer`` or None (raw units). One scaling for every row.
         probe_kwargs / knn_kwargs / retrieval_kwargs / finetune_kwargs: passed to
             :func:`~.probe.train_linear_probe`, :func:`~.knn.knn_evaluate`,
             :func:`~.retrieval.evaluate_retrieval`, :func:`~.finetune.finetune`.
@@ -265,7 +293,7 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
     modality, bands = base.modality, list(base.bands)
     multilabel = bool(base.multilabel)
     classes = list(base.classes)
-    norm = _make_normalizer(normalizer, modality, bands)
+    norm, norm_desc = _make_normalizer(normalizer, modality, bands, infos)
     log.info("%s: %d train / %d test items (%s), %d classes, modality %s", task, len(train_ds), len(test_ds),
              split_desc, len(classes), modality)
 
@@ -283,22 +311,24 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
                                "feature_dim": model.feature_dim, "notes": list(model.notes)}
         log.info("evaluating %s (%s, %s, %d-d features)", label, model.kind, model.backbone_name, model.feature_dim)
         needs_train = any(p in protocols for p in ("linear", "knn"))
+        needs_test = needs_train or "retrieval" in protocols
         common = {"batch_size": batch_size, "device": dev, "normalizer": norm, "resize_to": resize_to,
-                      "cache_dir": cache_dir, "num_workers": num_workers, "amp": dev.type == "cuda"}
+                  "cache_dir": cache_dir, "num_workers": num_workers, "amp": dev.type == "cuda"}
         t0 = time.perf_counter()
-        te_x, te_y = extract_features(model, test_ds, cache_name=f"{task}-{_safe(label)}-test", **common)
-        tr_x = tr_y = None
+        te_x = te_y = tr_x = tr_y = None
+        if needs_test:
+            te_x, te_y = extract_features(model, test_ds, cache_name=f"{task}-{_safe(label)}-test", **common)
         if needs_train:
             tr_x, tr_y = extract_features(model, train_ds, cache_name=f"{task}-{_safe(label)}-train", **common)
         row["feature_seconds"] = round(time.perf_counter() - t0, 3)
         if "linear" in protocols:
-            kwargs = {"seed": seed, **probe_kw}
+            kwargs = {"seed": seed, "device": dev, **probe_kw}
             if not multilabel:
                 kwargs.setdefault("num_classes", len(classes))
             res = train_linear_probe(tr_x, tr_y, te_x, te_y, **kwargs)
             row["linear"] = res.to_dict()
         if "knn" in protocols:
-            kwargs = dict(knn_kw)
+            kwargs = {"device": dev, **knn_kw}
             if not multilabel:
                 kwargs.setdefault("num_classes", len(classes))
             row["knn"] = knn_evaluate(tr_x, tr_y, te_x, te_y, **kwargs)
@@ -341,7 +371,8 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
         "n_train": len(train_ds), "n_test": len(test_ds), "split": split_desc, "fraction": fraction,
         "seed": seed, "device": str(dev), "protocols": protocols,
         "protocol_settings": _protocol_settings(probe_kw, knn_kw, ret_kw, ft_kw, protocols),
-        "normalizer": norm.to_dict() if norm is not None else None, "resize_to": resize_to,
+        "normalizer": norm.to_dict() if norm is not None else None, "normalizer_source": norm_desc,
+        "resize_to": resize_to,
         "checkpoints": rows, "files": files,
     }
     results["seconds"] = round(time.perf_counter() - t_start, 3)
