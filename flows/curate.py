@@ -117,6 +117,20 @@ def launch_pretraining(manifest: Manifest) -> str:
     return f"done: {result['output_dir']}"
 
 
+def launch_evaluation(manifest: Manifest, run_dir: str) -> str:
+    """After pretraining, when asked: evaluate the new backbone against the baselines."""
+    if not manifest.evaluate.enabled:
+        return "not requested"
+    from flows.evaluate import evaluate_checkpoints
+
+    tasks = {name: dict(kwargs) for name, kwargs in manifest.evaluate.tasks.items()}
+    if "archive" in tasks:
+        tasks["archive"].setdefault("store", manifest.store.path)
+    evaluate_checkpoints([run_dir], tasks, protocols=list(manifest.evaluate.protocols),
+                         out_dir=manifest.evaluate.out_dir)
+    return f"done: {manifest.evaluate.out_dir}"
+
+
 def _ensure_source_limit(manifest: Manifest) -> None:
     from prefect.client.orchestration import get_client
 
@@ -155,6 +169,8 @@ def curate(manifest_path: str, retry_failed: bool = False, show_progress: bool =
     summary = archive_report(manifest)
     summary["this_run"] = {**totals, "shards": len(shards), "seconds": round(time.perf_counter() - t0, 1)}
     summary["pretraining"] = launch_pretraining(manifest)
+    if summary["pretraining"].startswith("done: "):
+        summary["evaluation"] = launch_evaluation(manifest, summary["pretraining"].removeprefix("done: "))
     logger.info("archive %s: %s", manifest.store.path, summary["status"])
     return summary
 

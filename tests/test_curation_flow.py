@@ -180,9 +180,13 @@ def test_flow_ends_with_pretraining_when_asked(tmp_path, harness):
     manifest = write_manifest(tmp_path / "m.yaml", tmp_path / "a.zarr", n_locations=4, size=32, processes=False)
     data = yaml.safe_load(manifest.read_text())
     data["pretrain"] = {"enabled": True, "config": str(train_cfg)}
+    data["evaluate"] = {"enabled": True, "protocols": ["knn"], "out_dir": str(tmp_path / "eval")}
     manifest.write_text(yaml.safe_dump(data))
     summary = curate_manifest(str(manifest))
     assert summary["pretraining"] == f"done: {tmp_path / 'run'}"
+    assert summary["evaluation"] == f"done: {tmp_path / 'eval'}"
+    table = (tmp_path / "eval" / "archive" / "results.md").read_text()
+    assert "`run`" in table and "random:resnet18" in table and "pixels" in table
     assert (tmp_path / "run" / "backbone.safetensors").exists()
     rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3
