@@ -715,3 +715,20 @@ def test_ddp_gather_matches_single_process(tmp_path: Path):
     torch.testing.assert_close(res[0]["moco_queue"][:5], res[1]["moco_queue"][:5])
     torch.testing.assert_close(res[0]["moco_queue"][:5], F.normalize(full["k"], dim=1))
     assert res[0]["moco_ptr"] == res[1]["moco_ptr"] == 5
+
+
+def test_bounded_bce_matches_torch_bce_with_logits():
+    """SoftCon's fused BCE equals torch's on cosine/tau logits, value and gradient."""
+    import torch.nn.functional as F
+
+    from train.losses.softcon import _BoundedBCEWithLogits
+
+    g = torch.Generator().manual_seed(3)
+    x = ((torch.rand(40, 30, generator=g) * 2 - 1) / 0.02).requires_grad_(True)  # |x| <= 50
+    s = torch.rand(40, 30, generator=g)
+    ours = _BoundedBCEWithLogits.apply(x, s)
+    (gx,) = torch.autograd.grad(ours.sum(), x)
+    ref = F.binary_cross_entropy_with_logits(x, s, reduction="none")
+    (rx,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-6)

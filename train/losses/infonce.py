@@ -14,6 +14,7 @@ References:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import (
@@ -27,7 +28,7 @@ from .common import (
     soft_target_nll,
 )
 
-__all__ = ["InfoNCELoss", "NTXentLoss", "diagonal_target", "infonce_logits"]
+__all__ = ["InfoNCELoss", "NTXentLoss", "diagonal_nll", "diagonal_target", "infonce_logits"]
 
 
 def diagonal_target(n_anchor: int, n_key: int, offset: int, like: Tensor) -> Tensor:
@@ -36,6 +37,13 @@ def diagonal_target(n_anchor: int, n_key: int, offset: int, like: Tensor) -> Ten
     rows = torch.arange(n_anchor, device=like.device)
     target[rows, rows + offset] = 1.0
     return target
+
+
+def diagonal_nll(logits: Tensor, offset: int) -> Tensor:
+    """Per-anchor ``-log softmax(logits_i)[offset + i]``: :func:`soft_target_nll` with a one-hot target,
+    computed by picking the one column instead of weighting the whole row."""
+    columns = torch.arange(logits.shape[0], device=logits.device) + offset
+    return F.cross_entropy(logits, columns, reduction="none")
 
 
 def infonce_logits(q: Tensor, k: Tensor, temperature: float, gather_distributed: bool) -> tuple[Tensor, int]:
@@ -91,9 +99,8 @@ class InfoNCELoss(nn.Module):
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
         """InfoNCE of queries ``q`` [B, d] against keys ``k`` [B, d] (scalar)."""
         logits, offset = infonce_logits(q, k, self.temperature, self.gather_distributed)
-        target = diagonal_target(logits.shape[0], logits.shape[1], offset, logits)
-        per_anchor, row_sum = soft_target_nll(logits, target)
-        return self.scale * mean_over_valid(per_anchor, (row_sum > 0).to(per_anchor.dtype), self.gather_distributed)
+        per_anchor = diagonal_nll(logits, offset)  # every anchor has its positive
+        return self.scale * mean_over_valid(per_anchor, torch.ones_like(per_anchor), self.gather_distributed)
 
 
 class NTXentLoss(nn.Module):

@@ -35,7 +35,7 @@ from .common import (
     soft_target_nll,
     to_label_matrix,
 )
-from .infonce import diagonal_target
+from .infonce import diagonal_nll
 
 __all__ = ["SoftConLoss", "SoftTerm", "soft_label_target"]
 
@@ -54,11 +54,37 @@ def soft_label_target(
     columns of unlabelled samples (all-zero labels) fall back to the hard target
     ``1[j = offset + i]``; the diagonal (two views of one image) is always 1.
     """
-    s = label_similarity(anchor_labels, key_labels, similarity)
-    hard = diagonal_target(s.shape[0], s.shape[1], offset, s)
-    unlabelled = ~is_labelled(anchor_labels)[:, None] | ~is_labelled(key_labels)[None, :]
-    s = torch.where(unlabelled, hard, s)
-    return torch.maximum(s, hard).clamp(0.0, 1.0)
+    s = label_similarity(anchor_labels, key_labels, similarity).clamp_(0.0, 1.0)
+    row_off, col_off = ~is_labelled(anchor_labels), ~is_labelled(key_labels)
+    if bool(row_off.any()) or bool(col_off.any()):  # B-sized checks spare two B×B passes when all are labelled
+        s = s.masked_fill(row_off[:, None] | col_off[None, :], 0.0)
+    rows = torch.arange(s.shape[0], device=s.device)
+    s[rows, rows + offset] = 1.0  # the two views of one image: always a positive
+    return s
+
+
+_BOUNDED_LOGIT_LIMIT = 60.0  # exp(60) is far from float32 overflow (exp(88))
+
+
+class _BoundedBCEWithLogits(torch.autograd.Function):
+    """Per-pair ``BCE(sigmoid(x), s) = log(1 + e^x) - s x`` for logits bounded by ``|x| <= 60``.
+
+    SoftCon's logits are ``cos / tau`` with ``|cos| <= 1``, so the plain form cannot overflow and skips
+    the slower log-sigmoid kernel; the gradient ``sigmoid(x) - s`` is formed in the forward pass.
+    Equal to ``F.binary_cross_entropy_with_logits(x, s, reduction="none")`` (checked in the tests).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
+        one_plus_exp = torch.exp(x).add_(1.0)
+        loss = torch.log(one_plus_exp).sub_(s * x)
+        ctx.save_for_backward(one_plus_exp.reciprocal_().neg_().add_(1.0).sub_(s))  # sigmoid(x) - s
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        (dx,) = ctx.saved_tensors
+        return grad * dx, None
 
 
 class SoftConLoss(nn.Module):
@@ -153,8 +179,7 @@ class SoftConLoss(nn.Module):
 
         cos = cosine_matrix(q, k_all)
         logits = cos / self.temperature
-        hard_target = diagonal_target(cos.shape[0], cos.shape[1], offset, cos)
-        per_anchor, _ = soft_target_nll(logits, hard_target)
+        per_anchor = diagonal_nll(logits, offset)
         ones = torch.ones_like(per_anchor)
         hard = mean_over_valid(per_anchor, ones, dist_on)
         if self.lam == 0.0:
@@ -172,7 +197,11 @@ class SoftConLoss(nn.Module):
         if self.soft_term == "soft_ce":
             per_soft, _ = soft_target_nll(logits, s)
         elif self.soft_term == "bce":
-            bce = F.binary_cross_entropy_with_logits(cos / self.soft_temperature, s, reduction="none")
+            soft_logits = logits if self.soft_temperature == self.temperature else cos / self.soft_temperature
+            if 1.0 / self.soft_temperature <= _BOUNDED_LOGIT_LIMIT:
+                bce = _BoundedBCEWithLogits.apply(soft_logits, s)
+            else:
+                bce = F.binary_cross_entropy_with_logits(soft_logits, s, reduction="none")
             per_soft = bce.mean(dim=1)
         else:  # mse
             per_soft = (cos - s).pow(2).mean(dim=1)
