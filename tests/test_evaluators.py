@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from train.data import Normalizer
 from train.evaluate.features import extract_features, load_backbone_for_eval
 from train.evaluate.finetune import finetune
 from train.evaluate.knn import knn_evaluate, knn_scores
@@ -289,11 +290,12 @@ def test_evaluate_end_to_end_on_archive(archive, tmp_path):
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert "per_class_ap_linear.png" in pngs and "per_class_ap_finetune.png" in pngs
     assert "retrieval_examples_softcon-tiny.png" in pngs
-    assert res["normalizer_source"].startswith("published")
+    # our export records the scaling it was trained with (the published statistics here); "auto" uses it
+    assert res["normalizer_source"] == "recorded in the checkpoint"
+    assert res["normalizer"] == Normalizer.published("s2_l1c").to_dict()
     # a backbone that records its input scaling is evaluated with it (normalizer="auto")
     from safetensors.torch import load_file, save_file
 
-    from train.data import Normalizer
     from train.evaluate.features import read_checkpoint_info
     from train.evaluate.run import _make_normalizer
 
@@ -315,7 +317,6 @@ def test_evaluate_end_to_end_on_archive(archive, tmp_path):
 
 # --------------------------------------------------------------------------- real BigEarthNet v1 sample
 def test_bigearthnet_v1_sample_features_and_knn(shared_data, tmp_path):
-    from train.data import Normalizer
     from train.evaluate.tasks import BigEarthNetV1
 
     root = shared_data / "bigearthnet_v1"

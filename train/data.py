@@ -604,17 +604,21 @@ def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 0, sh
                      seed: int = 0, drop_last: bool = True, distributed: bool = False,
                      num_replicas: int | None = None, rank: int | None = None, pin_memory: bool = False,
                      persistent_workers: bool = False, prefetch_factor: int | None = None,
-                     collate_fn: Callable | None = None) -> EpochDataLoader:
+                     collate_fn: Callable | None = None,
+                     multiprocessing_context: str | None = "forkserver") -> EpochDataLoader:
     """DataLoader with a seeded :class:`EpochSampler` (DistributedSampler inside when ``distributed``).
 
     Call ``loader.set_epoch(epoch)`` before each epoch (also sets the data set's epoch). Batches are
-    identical for any ``num_workers`` with the same seed and epoch.
+    identical for any ``num_workers`` with the same seed and epoch. Workers start from a fork server
+    by default: forking the training process itself (threads of Prefect, Dask, zarr's event loop)
+    made workers die at exit now and then; pair it with ``persistent_workers`` to start them once.
     """
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last, distributed=distributed,
                            num_replicas=num_replicas, rank=rank)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = persistent_workers
+        kwargs["multiprocessing_context"] = multiprocessing_context
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
     return EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,

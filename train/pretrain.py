@@ -363,7 +363,7 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
                          f"({cfg.batch_size} × {world} processes)")
     loader = build_dataloader(ds, cfg.batch_size, num_workers=cfg.num_workers, shuffle=True, seed=cfg.seed,
                               drop_last=True, distributed=world > 1, num_replicas=world, rank=rank,
-                              persistent_workers=False)
+                              persistent_workers=cfg.num_workers > 0)
     return ds, loader
 
 
