@@ -717,18 +717,23 @@ def test_ddp_gather_matches_single_process(tmp_path: Path):
     assert res[0]["moco_ptr"] == res[1]["moco_ptr"] == 5
 
 
-def test_bounded_bce_matches_torch_bce_with_logits():
-    """SoftCon's fused BCE equals torch's on cosine/tau logits, value and gradient."""
+def test_fused_softcon_terms_match_unfused_reference():
+    """SoftCon's fused hard + BCE terms equal cross-entropy + BCE-with-logits, value and gradient."""
     import torch.nn.functional as F
 
-    from train.losses.softcon import _BoundedBCEWithLogits
+    from train.losses.softcon import _HardAndSoftBCE
 
     g = torch.Generator().manual_seed(3)
-    x = ((torch.rand(40, 30, generator=g) * 2 - 1) / 0.02).requires_grad_(True)  # |x| <= 50
-    s = torch.rand(40, 30, generator=g)
-    ours = _BoundedBCEWithLogits.apply(x, s)
-    (gx,) = torch.autograd.grad(ours.sum(), x)
-    ref = F.binary_cross_entropy_with_logits(x, s, reduction="none")
-    (rx,) = torch.autograd.grad(ref.sum(), x)
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gx, rx, rtol=1e-5, atol=1e-6)
+    for offset, (b, m) in ((0, (12, 12)), (5, (7, 20))):
+        x = ((torch.rand(b, m, generator=g, dtype=torch.float64) * 2 - 1) / 0.02).requires_grad_(True)
+        s = torch.rand(b, m, generator=g, dtype=torch.float64)
+        w_h, w_s = torch.rand(b, generator=g, dtype=torch.float64), torch.rand(b, generator=g, dtype=torch.float64)
+        hard, soft = _HardAndSoftBCE.apply(x, s, offset)
+        (gx,) = torch.autograd.grad((w_h * hard + w_s * soft).sum(), x)
+        cols = torch.arange(b) + offset
+        ref_h = F.cross_entropy(x, cols, reduction="none")
+        ref_s = F.binary_cross_entropy_with_logits(x, s, reduction="none").mean(dim=1)
+        (rx,) = torch.autograd.grad((w_h * ref_h + w_s * ref_s).sum(), x)
+        torch.testing.assert_close(hard, ref_h)
+        torch.testing.assert_close(soft, ref_s)
+        torch.testing.assert_close(gx, rx)

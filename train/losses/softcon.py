@@ -55,9 +55,8 @@ def soft_label_target(
     ``1[j = offset + i]``; the diagonal (two views of one image) is always 1.
     """
     s = label_similarity(anchor_labels, key_labels, similarity).clamp_(0.0, 1.0)
-    row_off, col_off = ~is_labelled(anchor_labels), ~is_labelled(key_labels)
-    if bool(row_off.any()) or bool(col_off.any()):  # B-sized checks spare two B×B passes when all are labelled
-        s = s.masked_fill(row_off[:, None] | col_off[None, :], 0.0)
+    s[~is_labelled(anchor_labels)] = 0.0  # unlabelled rows and columns: hard target only
+    s[:, ~is_labelled(key_labels)] = 0.0
     rows = torch.arange(s.shape[0], device=s.device)
     s[rows, rows + offset] = 1.0  # the two views of one image: always a positive
     return s
@@ -66,25 +65,37 @@ def soft_label_target(
 _BOUNDED_LOGIT_LIMIT = 60.0  # exp(60) is far from float32 overflow (exp(88))
 
 
-class _BoundedBCEWithLogits(torch.autograd.Function):
-    """Per-pair ``BCE(sigmoid(x), s) = log(1 + e^x) - s x`` for logits bounded by ``|x| <= 60``.
+class _HardAndSoftBCE(torch.autograd.Function):
+    """Both SoftCon terms (BCE soft term) per anchor from one pass over the logits ``x`` [B, M].
 
-    SoftCon's logits are ``cos / tau`` with ``|cos| <= 1``, so the plain form cannot overflow and skips
-    the slower log-sigmoid kernel; the gradient ``sigmoid(x) - s`` is formed in the forward pass.
-    Equal to ``F.binary_cross_entropy_with_logits(x, s, reduction="none")`` (checked in the tests).
+    ``hard_i = log sum_j e^{x_ij} - x_i,off+i`` (InfoNCE) and ``soft_i = (1/M) sum_j log(1 + e^{x_ij}) - s_ij x_ij``
+    (per-pair BCE of ``sigmoid(x_ij)`` against ``s_ij``) share ``e^x``; gradients
+    ``softmax(x_i) - onehot`` and ``(sigmoid(x) - s) / M`` are formed from it in the backward pass.
+    Valid for bounded logits (cosine / tau with ``1/tau <= 60``: no overflow without max-shifting);
+    equal to the unfused cross-entropy + ``binary_cross_entropy_with_logits`` (checked in the tests).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, s: Tensor) -> Tensor:  # noqa: D102
-        one_plus_exp = torch.exp(x).add_(1.0)
-        loss = torch.log(one_plus_exp).sub_(s * x)
-        ctx.save_for_backward(one_plus_exp.reciprocal_().neg_().add_(1.0).sub_(s))  # sigmoid(x) - s
-        return loss
+    def forward(ctx, x: Tensor, s: Tensor, offset: int) -> tuple[Tensor, Tensor]:  # noqa: D102
+        rows = torch.arange(x.shape[0], device=x.device)
+        e = torch.exp(x)
+        z = e.sum(dim=1)
+        hard = torch.log(z) - x[rows, rows + offset]
+        one_plus_e = e + 1.0  # log(1 + e) via log: torch's log1p kernel is several times slower on the CPU
+        soft = (torch.log(one_plus_e).sum(dim=1) - (s * x).sum(dim=1)) / x.shape[1]
+        ctx.save_for_backward(e, z, s, one_plus_e)
+        ctx.offset = offset
+        return hard, soft
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        (dx,) = ctx.saved_tensors
-        return grad * dx, None
+    def backward(ctx, g_hard: Tensor, g_soft: Tensor):  # noqa: D102
+        e, z, s, one_plus_e = ctx.saved_tensors
+        rows = torch.arange(e.shape[0], device=e.device)
+        grad = e * (g_hard / z)[:, None]
+        sig_minus_s = (e / one_plus_e).sub_(s)
+        grad.add_(sig_minus_s.mul_((g_soft / e.shape[1])[:, None]))
+        grad[rows, rows + ctx.offset] -= g_hard
+        return grad, None, None
 
 
 class SoftConLoss(nn.Module):
@@ -179,11 +190,9 @@ class SoftConLoss(nn.Module):
 
         cos = cosine_matrix(q, k_all)
         logits = cos / self.temperature
-        per_anchor = diagonal_nll(logits, offset)
-        ones = torch.ones_like(per_anchor)
-        hard = mean_over_valid(per_anchor, ones, dist_on)
+        ones = torch.ones(q.shape[0], device=cos.device, dtype=cos.dtype)
         if self.lam == 0.0:
-            return hard, hard.new_zeros(())
+            return mean_over_valid(diagonal_nll(logits, offset), ones, dist_on), cos.new_zeros(())
 
         num_classes = None
         if labels.dim() == 1 and dist_on:
@@ -194,19 +203,20 @@ class SoftConLoss(nn.Module):
         all_lab = gather_no_grad(lab) if dist_on else lab
         s = soft_label_target(lab, all_lab, offset, self.label_similarity).to(cos.dtype)
 
-        if self.soft_term == "soft_ce":
-            per_soft, _ = soft_target_nll(logits, s)
-        elif self.soft_term == "bce":
-            soft_logits = logits if self.soft_temperature == self.temperature else cos / self.soft_temperature
-            if 1.0 / self.soft_temperature <= _BOUNDED_LOGIT_LIMIT:
-                bce = _BoundedBCEWithLogits.apply(soft_logits, s)
-            else:
-                bce = F.binary_cross_entropy_with_logits(soft_logits, s, reduction="none")
-            per_soft = bce.mean(dim=1)
-        else:  # mse
-            per_soft = (cos - s).pow(2).mean(dim=1)
-        soft = mean_over_valid(per_soft, ones, dist_on)
-        return hard, soft
+        fused = (self.soft_term == "bce" and self.soft_temperature == self.temperature
+                 and 1.0 / self.temperature <= _BOUNDED_LOGIT_LIMIT)
+        if fused:  # the default: both terms from one exponential of the logits
+            per_anchor, per_soft = _HardAndSoftBCE.apply(logits, s, offset)
+        else:
+            per_anchor = diagonal_nll(logits, offset)
+            if self.soft_term == "soft_ce":
+                per_soft, _ = soft_target_nll(logits, s)
+            elif self.soft_term == "bce":
+                bce = F.binary_cross_entropy_with_logits(cos / self.soft_temperature, s, reduction="none")
+                per_soft = bce.mean(dim=1)
+            else:  # mse
+                per_soft = (cos - s).pow(2).mean(dim=1)
+        return mean_over_valid(per_anchor, ones, dist_on), mean_over_valid(per_soft, ones, dist_on)
 
     @fp32_forward
     def forward(self, q: Tensor, k: Tensor, labels: Tensor) -> Tensor:
