@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import zarr
 
+from archive_helpers import curate_all
 from pipeline import curate as steps
 from pipeline.manifest import Manifest
 from pipeline.sources import TransientSourceError
@@ -20,13 +21,6 @@ def manifest(tmp_path, name: str, **synthetic) -> Manifest:
         "store": {"path": str(tmp_path / f"{name}.zarr"), "patches_per_shard": 3},
         "compute": {"retries": 6, "retry_delay_s": 0.0},
     })
-
-
-def curate_all(m: Manifest) -> zarr.Group:
-    locations, layout = steps.prepare(m)
-    for shard in steps.pending_shards(m, layout):
-        steps.process_shard(m, layout, shard, locations[layout.shard_slice(shard)])
-    return zarr.open_group(m.store.path, mode="r")
 
 
 def test_transient_errors_are_retried_to_identical_data(tmp_path):

@@ -235,20 +235,10 @@ def test_report_writes_json_markdown_and_charts(tmp_path):
 # --------------------------------------------------------------------------- end to end on a synthetic archive
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    from pipeline import curate as steps
-    from pipeline.manifest import Manifest
+    from archive_helpers import synthetic_archive
 
-    tmp = tmp_path_factory.mktemp("eval-archive")
-    m = Manifest.model_validate({
-        "source": {"kind": "synthetic", "synthetic": {"seed": 1, "cloud_probability": 0.1}},
-        "sampling": {"n_locations": 12, "top_n_cities": 40, "seed": 2},
-        "patch": {"size_px": 32},
-        "store": {"path": str(tmp / "a.zarr"), "patches_per_shard": 6},
-    })
-    locations, layout = steps.prepare(m)
-    for shard in steps.pending_shards(m, layout):
-        steps.process_shard(m, layout, shard, locations[layout.shard_slice(shard)])
-    return str(tmp / "a.zarr")
+    path = tmp_path_factory.mktemp("eval-archive") / "a.zarr"
+    return synthetic_archive(path, n_locations=12, size_px=32, patches_per_shard=6, cloud_probability=0.1)
 
 
 def test_evaluate_end_to_end_on_archive(archive, tmp_path):

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import curate as steps
-from pipeline.manifest import Manifest
+from archive_helpers import synthetic_archive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,12 +15,7 @@ def test_explore_notebook_executes(tmp_path, monkeypatch):
     jupytext = pytest.importorskip("jupytext")
     from nbclient import NotebookClient
 
-    m = Manifest.model_validate({
-        "sampling": {"n_locations": 6, "top_n_cities": 20}, "patch": {"size_px": 32},
-        "store": {"path": str(tmp_path / "a.zarr"), "patches_per_shard": 3}})
-    locations, layout = steps.prepare(m)
-    for shard in steps.pending_shards(m, layout):
-        steps.process_shard(m, layout, shard, locations[layout.shard_slice(shard)])
+    synthetic_archive(tmp_path / "a.zarr", n_locations=6, size_px=32, patches_per_shard=3)
     nb = jupytext.read(REPO / "notebooks" / "explore_archive.py")
     monkeypatch.setenv("SOFTCON_ARCHIVE", str(tmp_path / "a.zarr"))
     monkeypatch.setenv("SOFTCON_FIGURES", str(tmp_path / "figs"))

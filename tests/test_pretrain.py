@@ -9,8 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from pipeline import curate as steps
-from pipeline.manifest import Manifest
+from archive_helpers import synthetic_archive
 from train.pretrain import (
     CHECKPOINT_FORMAT,
     PretrainConfig,
@@ -23,17 +22,8 @@ from train.pretrain import (
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("pretrain-archive")
-    m = Manifest.model_validate({
-        "source": {"kind": "synthetic", "synthetic": {"seed": 1, "cloud_probability": 0.2}},
-        "sampling": {"n_locations": 16, "top_n_cities": 40, "seed": 2},
-        "patch": {"size_px": 48},
-        "store": {"path": str(tmp / "a.zarr"), "patches_per_shard": 4},
-    })
-    locations, layout = steps.prepare(m)
-    for shard in steps.pending_shards(m, layout):
-        steps.process_shard(m, layout, shard, locations[layout.shard_slice(shard)])
-    return str(tmp / "a.zarr")
+    path = tmp_path_factory.mktemp("pretrain-archive") / "a.zarr"
+    return synthetic_archive(path, n_locations=16, size_px=48, patches_per_shard=4, cloud_probability=0.2)
 
 
 def config(archive: str, out, **kw) -> PretrainConfig:

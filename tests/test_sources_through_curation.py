@@ -19,6 +19,7 @@ import rasterio
 import zarr
 from rasterio.enums import Resampling
 
+from archive_helpers import curate_all
 from pipeline import curate as steps
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
@@ -62,13 +63,6 @@ def local_manifest(root: Path, store: Path, dates: list[str]) -> Manifest:
     })
 
 
-def curate(manifest: Manifest, source) -> zarr.Group:
-    locations, layout = steps.prepare(manifest, source=source)
-    for shard in steps.pending_shards(manifest, layout):
-        steps.process_shard(manifest, layout, shard, locations[layout.shard_slice(shard)], source=source)
-    return zarr.open_group(manifest.store.path, mode="r")
-
-
 def rasterio_band(path: Path, size: int = 264) -> np.ndarray:
     with rasterio.open(path) as src:
         return src.read(1, out_shape=(size, size), resampling=Resampling.bilinear)
@@ -76,7 +70,7 @@ def rasterio_band(path: Path, size: int = 264) -> np.ndarray:
 
 def test_local_copy_through_curation_equals_rasterio(local_root, tmp_path):
     m = local_manifest(local_root, tmp_path / "local.zarr", ["2021-06-21", "2021-09-22"])
-    g = curate(m, SSL4EOLocalSource(local_root, resampling=m.patch.resampling))
+    g = curate_all(m, SSL4EOLocalSource(local_root, resampling=m.patch.resampling))
     assert [str(p) for p in g["patch_id"][:]] == [LOC_ID]
     assert g["status"][:].tolist() == [STATUS_DONE] and g["status_reason"][0] == ""
     assert g["s2_l1c"].shape == (1, 2, 13, 264, 264) and g.attrs["source"]["name"] == "ssl4eo_local"
@@ -105,7 +99,7 @@ def test_local_copy_through_curation_equals_rasterio(local_root, tmp_path):
 
 def test_local_copy_with_more_seasons_than_on_disk_fails_the_patch(local_root, tmp_path):
     m = local_manifest(local_root, tmp_path / "local3.zarr", ["2021-03-20", "2021-06-21", "2021-09-22"])
-    g = curate(m, SSL4EOLocalSource(local_root))
+    g = curate_all(m, SSL4EOLocalSource(local_root))
     assert g["status"][:].tolist() == [STATUS_FAILED]
     reason = str(g["status_reason"][0])
     assert reason.startswith("NoImageFound: season 2") and LOC_ID in reason
