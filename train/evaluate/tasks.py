@@ -408,6 +408,34 @@ def _list_dirs(path: Path) -> list[str]:
         return sorted(e.name for e in it if e.is_dir())
 
 
+# ============================================================================ BigEarthNet (v1 and v2)
+class _BigEarthNetTask(EvalTask):
+    """What BigEarthNet v1 and v2 share: nomenclature, size and ``B10`` fill set-up, band reading.
+
+    Items must have ``id`` (the patch name) and ``folder`` (holding ``<id>_<band>.tif``).
+    """
+
+    def __init__(self, root: str | os.PathLike, modality: str, nomenclature: int, size: int,
+                 missing_fill: str | float, fraction: float, fraction_seed: int):
+        super().__init__(modality, fraction, fraction_seed)
+        self.root = Path(root)
+        self.classes = _nomenclature_classes(nomenclature)
+        self.nomenclature = nomenclature
+        self.size = size
+        self.fill = missing_band_fill(missing_fill)
+
+    def _item_id(self, item: Any) -> str:
+        return item.id
+
+    def _load_image(self, item: Any) -> np.ndarray:
+        if self.modality == "s1_grd":
+            arrays = {b: _read_band(item.folder / f"{item.id}_{b}.tif") for b in ("VV", "VH")}
+        else:
+            arrays = {b: _read_band(item.folder / f"{item.id}_{_ben_file_band(b)}.tif")
+                      for b in self.bands if b in S2_L2A_BANDS}
+        return assemble_bands(arrays, self.bands, self.fill, self.size)
+
+
 # ============================================================================ BigEarthNet v1
 @dataclass(frozen=True)
 class _BenItem:
@@ -415,7 +443,7 @@ class _BenItem:
     folder: Path
 
 
-class BigEarthNetV1(EvalTask):
+class BigEarthNetV1(_BigEarthNetTask):
     """BigEarthNet v1.0 (S2 L2A patches and BigEarthNet-MM S1 patches) as a multi-label task.
 
     Layout under ``root``: ``BigEarthNet-v1.0/<patch>/<patch>_B01..B12,B8A.tif`` plus
@@ -444,12 +472,7 @@ class BigEarthNetV1(EvalTask):
                  nomenclature: int = 19, size: int = 120, missing_fill: str | float = "mean",
                  exclusion_lists: Sequence[str | os.PathLike] | None = None,
                  fraction: float = 1.0, fraction_seed: int = 0):
-        super().__init__(modality, fraction, fraction_seed)
-        self.root = Path(root)
-        self.classes = _nomenclature_classes(nomenclature)
-        self.nomenclature = nomenclature
-        self.size = size
-        self.fill = missing_band_fill(missing_fill)
+        super().__init__(root, modality, nomenclature, size, missing_fill, fraction, fraction_seed)
         base = self.root / (self.S1_DIR if modality == "s1_grd" else self.S2_DIR)
         if not base.is_dir():
             raise FileNotFoundError(f"{base} not found (BigEarthNet v1 layout expected under {self.root})")
@@ -487,20 +510,8 @@ class BigEarthNetV1(EvalTask):
         """The original CORINE label names of one patch (its JSON ``labels``)."""
         return list(self._metadata(self._items[index].folder)["labels"])
 
-    def _item_id(self, item: _BenItem) -> str:
-        return item.id
-
     def _label_of(self, item: _BenItem) -> torch.Tensor:
         return torch.from_numpy(ben_labels(self._metadata(item.folder)["labels"], self.nomenclature))
-
-    def _load_image(self, item: _BenItem) -> np.ndarray:
-        if self.modality == "s1_grd":
-            source_bands: tuple[str, ...] = ("VV", "VH")
-            arrays = {b: _read_band(item.folder / f"{item.id}_{b}.tif") for b in source_bands}
-        else:
-            arrays = {b: _read_band(item.folder / f"{item.id}_{_ben_file_band(b)}.tif")
-                      for b in self.bands if b in S2_L2A_BANDS}
-        return assemble_bands(arrays, self.bands, self.fill, self.size)
 
 
 # ============================================================================ BigEarthNet v2 (reBEN)
@@ -524,7 +535,7 @@ def _reben_ref_map(root: Path, s2_patch: str) -> Path:
     return root / "Reference_Maps" / s2_patch.rsplit("_", 2)[0] / s2_patch / f"{s2_patch}_reference_map.tif"
 
 
-class BigEarthNetV2(EvalTask):
+class BigEarthNetV2(_BigEarthNetTask):
     """reBEN (BigEarthNet v2.0): ``BigEarthNet-S2/<tile-product>/<patch>/<patch>_Bxx.tif``,
     ``BigEarthNet-S1/<product>/<patch>/<patch>_{VV,VH}.tif``, ``Reference_Maps/...`` and
     (normally) ``metadata.parquet``. Labels: module docstring.
@@ -550,12 +561,7 @@ class BigEarthNetV2(EvalTask):
                  nomenclature: int = 19, size: int = 120, missing_fill: str | float = "mean",
                  metadata: str | os.PathLike | None = "auto", require_labels: bool = True, min_pixels: int = 1,
                  fraction: float = 1.0, fraction_seed: int = 0):
-        super().__init__(modality, fraction, fraction_seed)
-        self.root = Path(root)
-        self.classes = _nomenclature_classes(nomenclature)
-        self.nomenclature = nomenclature
-        self.size = size
-        self.fill = missing_band_fill(missing_fill)
+        super().__init__(root, modality, nomenclature, size, missing_fill, fraction, fraction_seed)
         self.min_pixels = min_pixels
         table = self._read_metadata(metadata, exclude_cloud_snow)
         if split is not None and table is None:
@@ -630,9 +636,6 @@ class BigEarthNetV2(EvalTask):
     def _has_label(self, item: _RebenItem) -> bool:
         return item.ref_map is not None or (item.names is not None and self.nomenclature == 19)
 
-    def _item_id(self, item: _RebenItem) -> str:
-        return item.id
-
     def _label_of(self, item: _RebenItem) -> torch.Tensor:
         if item.names is not None and self.nomenclature == 19:
             vec = multi_hot(item.names, BEN19_LABELS)
@@ -641,14 +644,6 @@ class BigEarthNetV2(EvalTask):
         else:
             vec = np.zeros(self.num_classes, np.float32)
         return torch.from_numpy(vec)
-
-    def _load_image(self, item: _RebenItem) -> np.ndarray:
-        if self.modality == "s1_grd":
-            arrays = {b: _read_band(item.folder / f"{item.id}_{b}.tif") for b in ("VV", "VH")}
-        else:
-            arrays = {b: _read_band(item.folder / f"{item.id}_{_ben_file_band(b)}.tif")
-                      for b in self.bands if b in S2_L2A_BANDS}
-        return assemble_bands(arrays, self.bands, self.fill, self.size)
 
 
 # ============================================================================ EuroSAT
