@@ -376,6 +376,15 @@ def label_similarity(a: Tensor, b: Tensor, kind: LabelSimilarity = "cosine") -> 
     raise ValueError(f"unknown label similarity {kind!r} (use 'cosine' or 'jaccard')")
 
 
+def check_positive_rule(positive_rule: str, min_overlap: int = 1) -> int:
+    """Validate the label-positive settings shared by SupCon, MACL and triplet; returns ``min_overlap``."""
+    if positive_rule not in ("any", "all"):
+        raise ValueError(f"positive_rule must be 'any' or 'all', got {positive_rule!r}")
+    if int(min_overlap) < 1:
+        raise ValueError(f"min_overlap must be >= 1, got {min_overlap}")
+    return int(min_overlap)
+
+
 def label_positive_mask(a: Tensor, b: Tensor, rule: PositiveRule = "any", min_overlap: int = 1) -> Tensor:
     """Label-based positive pairs ``[Na, Nb]`` (self-pairs not removed).
 

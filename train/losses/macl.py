@@ -27,6 +27,7 @@ from .common import (
     PositiveRule,
     binarize_labels,
     check_positive,
+    check_positive_rule,
     flatten_views,
     fp32_forward,
     label_intersection,
@@ -148,8 +149,7 @@ class MACLLoss(nn.Module):
             raise ValueError(f"alpha and beta must be > -1, got {alpha}, {beta}")
         if weighting not in ("plr", "plr_jaccard", "uniform"):
             raise ValueError(f"weighting must be 'plr', 'plr_jaccard' or 'uniform', got {weighting!r}")
-        if positive_rule not in ("any", "all"):
-            raise ValueError(f"positive_rule must be 'any' or 'all', got {positive_rule!r}")
+        check_positive_rule(positive_rule)
         if contrast_mode not in ("all", "one"):
             raise ValueError(f"contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
         if int(min_overlap) < 1:

@@ -17,6 +17,7 @@ from .common import (
     MultiViewRows,
     PositiveRule,
     check_positive,
+    check_positive_rule,
     flatten_views,
     fp32_forward,
     label_positive_mask,
@@ -95,10 +96,7 @@ class SupConLoss(nn.Module):
         )
         if contrast_mode not in ("all", "one"):
             raise ValueError(f"contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
-        if positive_rule not in ("any", "all"):
-            raise ValueError(f"positive_rule must be 'any' or 'all', got {positive_rule!r}")
-        if int(min_overlap) < 1:
-            raise ValueError(f"min_overlap must be >= 1, got {min_overlap}")
+        check_positive_rule(positive_rule, min_overlap)
         self.contrast_mode = contrast_mode
         self.positive_rule = positive_rule
         self.min_overlap = int(min_overlap)

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from .common import (
     PositiveRule,
     check_positive,
+    check_positive_rule,
     compute_dtype,
     flatten_views,
     fp32,
@@ -95,10 +96,7 @@ class TripletLoss(nn.Module):
         self.margin = check_positive("margin", margin, minimum=0.0)
         if distance not in ("euclidean", "squared_euclidean", "cosine"):
             raise ValueError(f"distance must be 'euclidean', 'squared_euclidean' or 'cosine', got {distance!r}")
-        if positive_rule not in ("any", "all"):
-            raise ValueError(f"positive_rule must be 'any' or 'all', got {positive_rule!r}")
-        if int(min_overlap) < 1:
-            raise ValueError(f"min_overlap must be >= 1, got {min_overlap}")
+        check_positive_rule(positive_rule, min_overlap)
         self.distance = distance
         self.normalize = bool(normalize)
         self.positive_rule = positive_rule
