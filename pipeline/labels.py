@@ -38,13 +38,11 @@ row has one, so this equals the ``min_valid_fraction`` rule.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import dask
 import dask.array as da
 import numpy as np
-import xarray as xr
 import zarr
 
 from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
@@ -96,7 +94,6 @@ def label_vectors(
     lead = a.shape[:-2]
     n_maps = math.prod(lead)
     n_pix = a.shape[-2] * a.shape[-1]
-    n_slots = n_classes + 1  # classes 0..K-1, then nodata in slot K
 
     if a.dtype == np.uint8 and 0 <= nodata <= 255:
         class_counts = _uint8_class_counts(a.reshape(n_maps, n_pix), n_classes, nodata)
@@ -197,20 +194,8 @@ def label_vectors_dask(
 
 
 # --------------------------------------------------------------------------- archive
-def _open_dataset(store: str, storage_options: dict[str, Any] | None):
-    # Raw stored values: a CF _FillValue (e.g. 255 on dw_label) must not turn the uint8 arrays into NaN floats.
-    kwargs: dict[str, Any] = {"chunks": {}, "mask_and_scale": False}
-    so = storage_options_for(store, storage_options)  # same fsspec handling as pipeline.store
-    if so:
-        kwargs["storage_options"] = so
-    with warnings.catch_warnings():  # stores without consolidated metadata are fine here
-        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata",
-                                category=RuntimeWarning)
-        return xr.open_zarr(store, **kwargs)
-
-
 def _check_group_layout(group: zarr.Group) -> int:
-    """:func:`_check_layout` on the zarr group itself (no xarray decoding: cheap to open)."""
+    """Check the archive's label variables and dims; returns the number of classes."""
     for name, dims in (("dw_label", _LABEL_DIMS), ("label_fraction", _VECTOR_DIMS),
                        ("multi_hot", _VECTOR_DIMS), ("status", ("patch",))):
         if name not in group:
@@ -221,19 +206,6 @@ def _check_group_layout(group: zarr.Group) -> int:
     n_classes = int(group["label_fraction"].shape[-1])
     if "class" in group and [str(c) for c in group["class"][:]] != list(DW_CLASSES)[:n_classes]:
         raise ValueError(f"archive class coordinate {list(group['class'][:])} is not the DW order {list(DW_CLASSES)}")
-    return n_classes
-
-
-def _check_layout(ds) -> int:
-    for name, dims in (("dw_label", _LABEL_DIMS), ("label_fraction", _VECTOR_DIMS),
-                       ("multi_hot", _VECTOR_DIMS), ("status", ("patch",))):
-        if name not in ds.variables:
-            raise ValueError(f"archive has no variable {name!r}")
-        if tuple(ds[name].dims) != dims:
-            raise ValueError(f"archive variable {name!r} has dims {ds[name].dims}, expected {dims}")
-    n_classes = int(ds.sizes["class"])
-    if "class" in ds.coords and [str(c) for c in ds["class"].values] != list(DW_CLASSES)[:n_classes]:
-        raise ValueError(f"archive class coordinate {list(ds['class'].values)} is not the DW order {list(DW_CLASSES)}")
     return n_classes
 
 
@@ -345,12 +317,13 @@ def summary_statistics(store: str, storage_options: dict[str, Any] | None = None
 
     Ratios with a zero denominator are NaN.
     """
-    ds = _open_dataset(store, storage_options)
-    n_classes = _check_layout(ds)
-    status = np.asarray(ds["status"].values)
+    so = storage_options_for(store, storage_options)
+    group = zarr.open_group(store, mode="r", **({"storage_options": so} if so else {}))
+    n_classes = _check_group_layout(group)
+    status = np.asarray(group["status"][:])
     done = np.flatnonzero(status == STATUS_DONE)
-    mh = ds["multi_hot"].data[done].astype(np.int64)  # (p, s, K)
-    frac = ds["label_fraction"].data[done].astype(np.float64)
+    mh = da.from_zarr(group["multi_hot"])[done].astype(np.int64)  # (p, s, K)
+    frac = da.from_zarr(group["label_fraction"])[done].astype(np.float64)
 
     n_lab_per = mh.sum(axis=-1)  # (p, s)
     labelled = n_lab_per > 0
@@ -378,7 +351,7 @@ def summary_statistics(store: str, storage_options: dict[str, Any] | None = None
         "classes": list(DW_CLASSES)[:n_classes],
         "palette": list(DW_PALETTE)[:n_classes],
         "n_patches_done": int(done.size),
-        "n_patch_seasons": int(done.size) * int(ds.sizes["season"]),
+        "n_patch_seasons": int(done.size) * int(group["multi_hot"].shape[1]),
         "n_labelled": n_labelled,
         "class_counts": class_counts,
         "class_frequency": ratio(class_counts, n_labelled),

@@ -38,7 +38,7 @@ from .common import (
     soft_target_nll,
     to_label_matrix,
 )
-from .infonce import InfoNCELoss, NTXentLoss, diagonal_target
+from .infonce import InfoNCELoss, NTXentLoss, diagonal_nll
 from .macl import MACLLoss, label_rarity
 from .moco import MemoryQueue, MoCoV2Loss, MoCoV3Loss
 from .mulsupcon import MulSupConLoss
@@ -89,7 +89,7 @@ __all__ = [
     "build_loss",
     "byol_regression",
     "cosine_matrix",
-    "diagonal_target",
+    "diagonal_nll",
     "flatten_views",
     "gather_no_grad",
     "gather_with_grad",

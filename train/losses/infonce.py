@@ -28,15 +28,7 @@ from .common import (
     soft_target_nll,
 )
 
-__all__ = ["InfoNCELoss", "NTXentLoss", "diagonal_nll", "diagonal_target", "infonce_logits"]
-
-
-def diagonal_target(n_anchor: int, n_key: int, offset: int, like: Tensor) -> Tensor:
-    """One-hot target ``[n_anchor, n_key]`` with anchor ``i``'s positive at column ``offset + i``."""
-    target = torch.zeros(n_anchor, n_key, device=like.device, dtype=like.dtype)
-    rows = torch.arange(n_anchor, device=like.device)
-    target[rows, rows + offset] = 1.0
-    return target
+__all__ = ["InfoNCELoss", "NTXentLoss", "diagonal_nll", "infonce_logits"]
 
 
 def diagonal_nll(logits: Tensor, offset: int) -> Tensor:
