@@ -718,22 +718,30 @@ def test_ddp_gather_matches_single_process(tmp_path: Path):
 
 
 def test_fused_softcon_terms_match_unfused_reference():
-    """SoftCon's fused hard + BCE terms equal cross-entropy + BCE-with-logits, value and gradient."""
+    """SoftCon's fused hard + BCE terms equal cross-entropy + BCE-with-logits, value and gradient.
+
+    The cases cover grouped logarithms (1/tau = 5: 15 factors per log, with a remainder) and
+    ungrouped ones (1/tau = 50, 60), square and offset (gathered-key) logit matrices, float32
+    and float64, and logits at the bound.
+    """
     import torch.nn.functional as F
 
     from train.losses.softcon import _HardAndSoftBCE
 
     g = torch.Generator().manual_seed(3)
-    for offset, (b, m) in ((0, (12, 12)), (5, (7, 20))):
-        x = ((torch.rand(b, m, generator=g, dtype=torch.float64) * 2 - 1) / 0.02).requires_grad_(True)
-        s = torch.rand(b, m, generator=g, dtype=torch.float64)
-        w_h, w_s = torch.rand(b, generator=g, dtype=torch.float64), torch.rand(b, generator=g, dtype=torch.float64)
-        hard, soft = _HardAndSoftBCE.apply(x, s, offset)
-        (gx,) = torch.autograd.grad((w_h * hard + w_s * soft).sum(), x)
-        cols = torch.arange(b) + offset
-        ref_h = F.cross_entropy(x, cols, reduction="none")
-        ref_s = F.binary_cross_entropy_with_logits(x, s, reduction="none").mean(dim=1)
-        (rx,) = torch.autograd.grad((w_h * ref_h + w_s * ref_s).sum(), x)
+    cases = ((0, (12, 12), 5.0, torch.float64), (5, (7, 20), 50.0, torch.float64),
+             (0, (64, 64), 5.0, torch.float32), (3, (9, 31), 5.0, torch.float32), (2, (3, 5), 60.0, torch.float32))
+    for offset, (b, m), bound, dtype in cases:
+        x = (torch.rand(b, m, generator=g, dtype=dtype) * 2 - 1) * bound
+        x[0, 0], x[-1, -1] = bound, -bound
+        x.requires_grad_(True)
+        s = torch.rand(b, m, generator=g, dtype=dtype)
+        w_h, w_s = torch.rand((), generator=g, dtype=dtype) + 0.5, torch.rand((), generator=g, dtype=dtype) + 0.5
+        hard, soft = _HardAndSoftBCE.apply(x, s, offset, bound)
+        (gx,) = torch.autograd.grad(w_h * hard + w_s * soft, x)
+        ref_h = F.cross_entropy(x, torch.arange(b) + offset, reduction="sum")
+        ref_s = F.binary_cross_entropy_with_logits(x, s, reduction="sum")
+        (rx,) = torch.autograd.grad(w_h * ref_h + w_s * ref_s, x)
         torch.testing.assert_close(hard, ref_h)
         torch.testing.assert_close(soft, ref_s)
         torch.testing.assert_close(gx, rx)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +146,13 @@ def test_torchrun_ddp_on_cpu(archive, tmp_path):
     rows = (tmp_path / "ddp" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3
     assert (tmp_path / "ddp" / "backbone.safetensors").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_keep_freed_memory_is_accepted_by_glibc():
+    """The CPU allocator setting that `softcon pretrain` applies (in a fresh process: it is process-wide)."""
+    code = ("from train.cpu_memory import keep_freed_memory; "
+            "print(keep_freed_memory(), keep_freed_memory(trim_mib=64))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["True", "True"]

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from train.cpu_memory import keep_freed_memory
 from train.data import ArchiveDataset, Normalizer, build_dataloader
 from train.augment import ms_view_transforms, sar_view_transforms
 from train.losses import build_loss
@@ -116,6 +117,9 @@ class PretrainConfig(BaseModel):
     max_steps_per_epoch: int | None = None
     log_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    cpu_keep_freed_memory: bool = True
+    """On the CPU, keep freed tensor memory for the next step instead of returning it to the OS
+    (glibc ``mallopt``; see :mod:`train.cpu_memory`). Faster steps; resident memory stays at its peak."""
 
 
 def load_config(path: str | Path, **overrides: Any) -> PretrainConfig:
@@ -400,6 +404,8 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
     else:
         cfg = load_config(config, archive=archive, **overrides)
     rank, world, device = _dist_setup()
+    if device.type == "cpu" and cfg.cpu_keep_freed_memory:
+        keep_freed_memory()
     out = Path(cfg.output_dir)
     ckpt_dir = out / "checkpoints"
     if rank == 0:

@@ -343,7 +343,9 @@ def label_cosine(a: Tensor, b: Tensor) -> Tensor:
     For multi-hot rows this is ``|A∩B| / sqrt(|A| |B|)`` (softcon.md §3.2).
     """
     with fp32(a.device):
-        return F.normalize(a.to(compute_dtype(a)), dim=1) @ F.normalize(b.to(compute_dtype(b)), dim=1).T
+        a_n = F.normalize(a.to(compute_dtype(a)), dim=1)
+        b_n = a_n if b is a else F.normalize(b.to(compute_dtype(b)), dim=1)
+        return a_n @ b_n.T
 
 
 def label_jaccard(a: Tensor, b: Tensor) -> Tensor:

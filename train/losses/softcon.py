@@ -14,6 +14,7 @@ is ours is flagged in :class:`SoftConLoss`'s docstring.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -28,7 +29,6 @@ from .common import (
     gather_no_grad,
     gather_with_grad,
     is_distributed,
-    is_labelled,
     label_similarity,
     mean_over_valid,
     rank_offset,
@@ -52,50 +52,68 @@ def soft_label_target(
 
     ``S_ij`` = label similarity (cosine or Jaccard) of ``y_i`` and ``y_j``; rows or
     columns of unlabelled samples (all-zero labels) fall back to the hard target
-    ``1[j = offset + i]``; the diagonal (two views of one image) is always 1.
+    ``1[j = offset + i]``: both similarities are 0 when either label vector is all
+    zero, and the diagonal (two views of one image) is always set to 1.
     """
-    s = label_similarity(anchor_labels, key_labels, similarity).clamp_(0.0, 1.0)
-    s[~is_labelled(anchor_labels)] = 0.0  # unlabelled rows and columns: hard target only
-    s[:, ~is_labelled(key_labels)] = 0.0
-    rows = torch.arange(s.shape[0], device=s.device)
-    s[rows, rows + offset] = 1.0  # the two views of one image: always a positive
+    with torch.no_grad():
+        s = label_similarity(anchor_labels, key_labels, similarity).clamp_(0.0, 1.0)
+        s.diagonal(offset).fill_(1.0)
     return s
 
 
-_BOUNDED_LOGIT_LIMIT = 60.0  # exp(60) is far from float32 overflow (exp(88))
+_BOUNDED_LOGIT_LIMIT = 60.0  # |logits| <= 60: sigmoid(x) >= e^-60 stays a normal float32
+_LOG_PRODUCT_LIMIT = 80.0  # a product of factors >= e^-L each stays above float32's smallest normal (e^-87)
+
+
+def _sum_log(values: Tensor, group: int) -> Tensor:
+    """``sum(log(values))``, taking one logarithm per ``group`` multiplied values.
+
+    The logarithm is the costliest kernel of the soft term on the CPU; multiplying
+    ``group`` factors first (the caller bounds ``group`` so that the product can
+    neither overflow nor underflow) takes ``group`` times fewer of them.  Exact up to
+    float rounding (checked in the tests).
+    """
+    flat = values.reshape(-1)
+    width = flat.numel() // group
+    if group == 1 or width == 0:
+        return torch.log(flat).sum()
+    head = torch.log(flat[: group * width].view(group, width).prod(dim=0)).sum()
+    return head + torch.log(flat[group * width:]).sum()
 
 
 class _HardAndSoftBCE(torch.autograd.Function):
-    """Both SoftCon terms (BCE soft term) per anchor from one pass over the logits ``x`` [B, M].
+    """Both SoftCon terms (BCE soft term), summed over anchors, in one autograd node over the logits ``x`` [B, M].
 
-    ``hard_i = log sum_j e^{x_ij} - x_i,off+i`` (InfoNCE) and ``soft_i = (1/M) sum_j log(1 + e^{x_ij}) - s_ij x_ij``
-    (per-pair BCE of ``sigmoid(x_ij)`` against ``s_ij``) share ``e^x``; gradients
-    ``softmax(x_i) - onehot`` and ``(sigmoid(x) - s) / M`` are formed from it in the backward pass.
-    Valid for bounded logits (cosine / tau with ``1/tau <= 60``: no overflow without max-shifting);
-    equal to the unfused cross-entropy + ``binary_cross_entropy_with_logits`` (checked in the tests).
+    ``hard = -sum_i log softmax(x_i)[off + i]`` (InfoNCE) and
+    ``soft = sum_ij BCE(sigmoid(x_ij), s_ij) = sum_ij log(1 + e^{x_ij}) - s_ij x_ij``.
+    The soft sum is written with ``log(1 + e^x) = x - log sigmoid(x)``, i.e.
+    ``sum_ij (1 - s_ij) x_ij - sum_ij log sigmoid(x_ij)``, so that its only elementwise
+    transcendental is one sigmoid (several times cheaper on the CPU than
+    ``binary_cross_entropy_with_logits``' exp + log1p) and the logarithms are taken of
+    products of ``group`` sigmoids (:func:`_sum_log`; ``sigmoid(x) >= e^-L`` with
+    ``L = log(1 + e^bound)`` for logits bounded by ``bound``).  The backward pass forms
+    ``g_hard (softmax(x) - onehot) + g_soft (sigmoid(x) - s)`` in one buffer.  Equal to
+    ``cross_entropy`` + ``binary_cross_entropy_with_logits`` (checked in the tests).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, s: Tensor, offset: int) -> tuple[Tensor, Tensor]:  # noqa: D102
-        rows = torch.arange(x.shape[0], device=x.device)
-        e = torch.exp(x)
-        z = e.sum(dim=1)
-        hard = torch.log(z) - x[rows, rows + offset]
-        one_plus_e = e + 1.0  # log(1 + e) via log: torch's log1p kernel is several times slower on the CPU
-        soft = (torch.log(one_plus_e).sum(dim=1) - (s * x).sum(dim=1)) / x.shape[1]
-        ctx.save_for_backward(e, z, s, one_plus_e)
+    def forward(ctx, x: Tensor, s: Tensor, offset: int, bound: float) -> tuple[Tensor, Tensor]:  # noqa: D102
+        log_prob = torch.log_softmax(x, dim=1)
+        sig = torch.sigmoid(x)
+        group = max(1, int(_LOG_PRODUCT_LIMIT // math.log1p(math.exp(bound))))
+        ctx.save_for_backward(log_prob, sig, s)
         ctx.offset = offset
+        hard = -log_prob.diagonal(offset).sum()
+        soft = x.sum() - torch.dot(s.reshape(-1), x.reshape(-1)) - _sum_log(sig, group)
         return hard, soft
 
     @staticmethod
     def backward(ctx, g_hard: Tensor, g_soft: Tensor):  # noqa: D102
-        e, z, s, one_plus_e = ctx.saved_tensors
-        rows = torch.arange(e.shape[0], device=e.device)
-        grad = e * (g_hard / z)[:, None]
-        sig_minus_s = (e / one_plus_e).sub_(s)
-        grad.add_(sig_minus_s.mul_((g_soft / e.shape[1])[:, None]))
-        grad[rows, rows + ctx.offset] -= g_hard
-        return grad, None, None
+        log_prob, sig, s = ctx.saved_tensors
+        grad = torch.exp(log_prob).mul_(g_hard)
+        grad.addcmul_(sig, g_soft).addcmul_(s, g_soft, value=-1.0)
+        grad.diagonal(ctx.offset).sub_(g_hard)
+        return grad, None, None, None
 
 
 class SoftConLoss(nn.Module):
@@ -203,19 +221,22 @@ class SoftConLoss(nn.Module):
         all_lab = gather_no_grad(lab) if dist_on else lab
         s = soft_label_target(lab, all_lab, offset, self.label_similarity).to(cos.dtype)
 
-        fused = (self.soft_term == "bce" and self.soft_temperature == self.temperature
-                 and 1.0 / self.temperature <= _BOUNDED_LOGIT_LIMIT)
-        if fused:  # the default: both terms from one exponential of the logits
-            per_anchor, per_soft = _HardAndSoftBCE.apply(logits, s, offset)
-        else:
-            per_anchor = diagonal_nll(logits, offset)
-            if self.soft_term == "soft_ce":
-                per_soft, _ = soft_target_nll(logits, s)
-            elif self.soft_term == "bce":
-                bce = F.binary_cross_entropy_with_logits(cos / self.soft_temperature, s, reduction="none")
-                per_soft = bce.mean(dim=1)
-            else:  # mse
-                per_soft = (cos - s).pow(2).mean(dim=1)
+        bound = 1.0 / self.temperature
+        if self.soft_term == "bce" and self.soft_temperature == self.temperature and bound <= _BOUNDED_LOGIT_LIMIT:
+            # the default: both terms in one node, summed over anchors
+            hard, soft = _HardAndSoftBCE.apply(logits, s, offset, bound)
+            soft = soft / s.shape[1]
+            if not dist_on:  # every anchor is valid: plain means
+                return hard / q.shape[0], soft / q.shape[0]
+            return mean_over_valid(hard, ones, dist_on), mean_over_valid(soft, ones, dist_on)
+        per_anchor = diagonal_nll(logits, offset)
+        if self.soft_term == "soft_ce":
+            per_soft, _ = soft_target_nll(logits, s)
+        elif self.soft_term == "bce":
+            bce = F.binary_cross_entropy_with_logits(cos / self.soft_temperature, s, reduction="none")
+            per_soft = bce.mean(dim=1)
+        else:  # mse
+            per_soft = (cos - s).pow(2).mean(dim=1)
         return mean_over_valid(per_anchor, ones, dist_on), mean_over_valid(per_soft, ones, dist_on)
 
     @fp32_forward
