@@ -24,6 +24,7 @@ from train.augment import (
     RandomVerticalFlip,
     SarIntensityJitter,
     gaussian_blur,
+    gaussian_kernel1d,
     ms_view_transforms,
     sar_view_transforms,
 )
@@ -344,3 +345,29 @@ def test_compose_and_bad_arguments(archive):
         ArchiveDataset(archive, view_mode="both")
     with pytest.raises(KeyError):
         ArchiveDataset(archive, bands=["B99"])
+
+
+def test_gaussian_blur_matches_a_plain_loop():
+    """The separable blur against a direct 2-D loop with reflect indexing (numpy's 'reflect' = edge not repeated)."""
+    g = torch.Generator().manual_seed(5)
+    for sigma, (h, w) in ((0.4, (9, 7)), (1.3, (12, 16)), (2.0, (5, 6))):
+        x = torch.rand(2, h, w, generator=g, dtype=torch.float64)
+        got = gaussian_blur(x, sigma)
+        k = gaussian_kernel1d(sigma, torch.float64)
+        r = (k.numel() - 1) // 2
+        if r >= min(h, w):
+            r = min(h, w) - 1
+            k = k[(k.numel() - 1) // 2 - r:(k.numel() - 1) // 2 + r + 1]
+            k = k / k.sum()
+
+        def reflect(i: int, n: int) -> int:
+            return -i if i < 0 else (2 * (n - 1) - i if i >= n else i)
+
+        want = torch.zeros_like(x)
+        for c in range(2):
+            for i in range(h):
+                for j in range(w):
+                    want[c, i, j] = sum(k[a] * k[b] * x[c, reflect(i + a - r, h), reflect(j + b - r, w)]
+                                        for a in range(2 * r + 1) for b in range(2 * r + 1))
+        torch.testing.assert_close(got, want)
+

@@ -243,20 +243,31 @@ def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32) -> torch
     return (k / k.sum()).to(dtype)
 
 
+def _correlate_reflect(x: torch.Tensor, k: torch.Tensor, dim: int) -> torch.Tensor:
+    """``y[i] = sum_t k[t] x[reflect(i + t - r)]`` along ``dim`` (-1 or -2) of a (C, H, W) tensor.
+
+    A weighted sum of ``2r + 1`` shifted slices of the reflect-padded input: several times faster on
+    the CPU than a grouped ``conv2d`` with a 1-D kernel, for the same result.
+    """
+    r = (k.numel() - 1) // 2
+    padded = F.pad(x, (r, r) if dim == -1 else (0, 0, r, r), mode="reflect")
+    n = x.shape[dim]
+    out = padded.narrow(dim, 0, n) * float(k[0])
+    for t in range(1, 2 * r + 1):
+        out.add_(padded.narrow(dim, t, n), alpha=float(k[t]))
+    return out
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a (C, H, W) tensor, each channel alone, reflect padding."""
     k = gaussian_kernel1d(sigma, x.dtype)
     r = (k.numel() - 1) // 2
-    C, H, W = x.shape[-3:]
+    H, W = x.shape[-2:]
     if r >= min(H, W):  # reflect padding needs the pad smaller than the side
         r = min(H, W) - 1
         k = k[(k.numel() - 1) // 2 - r:(k.numel() - 1) // 2 + r + 1]
         k = k / k.sum()
-    y = x.reshape(1, C, H, W)
-    y = F.pad(y, (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-    return y.reshape(x.shape)
+    return _correlate_reflect(_correlate_reflect(x, k, -1), k, -2)
 
 
 class RandomGaussianBlur:

@@ -62,6 +62,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from pipeline.bands import MODALITY_BANDS, S1_GRD_BANDS, S2_L1C_BANDS, S2_L2A_BANDS
 from pipeline.store import STATUS_DONE, open_group
+from train.cpu_memory import keep_freed_memory
 
 __all__ = [
     "PUBLISHED_STATISTICS",
@@ -600,18 +601,24 @@ class EpochDataLoader(DataLoader):
             self.dataset.set_epoch(epoch)
 
 
+def _keep_freed_memory_in_worker(worker_id: int) -> None:
+    keep_freed_memory()
+
+
 def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True,
                      seed: int = 0, drop_last: bool = True, distributed: bool = False,
                      num_replicas: int | None = None, rank: int | None = None, pin_memory: bool = False,
                      persistent_workers: bool = False, prefetch_factor: int | None = None,
                      collate_fn: Callable | None = None,
-                     multiprocessing_context: str | None = "forkserver") -> EpochDataLoader:
+                     multiprocessing_context: str | None = "forkserver",
+                     keep_freed_memory: bool = False) -> EpochDataLoader:
     """DataLoader with a seeded :class:`EpochSampler` (DistributedSampler inside when ``distributed``).
 
     Call ``loader.set_epoch(epoch)`` before each epoch (also sets the data set's epoch). Batches are
     identical for any ``num_workers`` with the same seed and epoch. Workers start from a fork server
     by default: forking the training process itself (threads of Prefect, Dask, zarr's event loop)
     made workers die at exit now and then; pair it with ``persistent_workers`` to start them once.
+    ``keep_freed_memory``: workers keep freed memory for their next reads (:mod:`train.cpu_memory`).
     """
     sampler = EpochSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last, distributed=distributed,
                            num_replicas=num_replicas, rank=rank)
@@ -621,6 +628,8 @@ def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 0, sh
         kwargs["multiprocessing_context"] = multiprocessing_context
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
+        if keep_freed_memory:
+            kwargs["worker_init_fn"] = _keep_freed_memory_in_worker
     return EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                            drop_last=drop_last, pin_memory=pin_memory, collate_fn=collate_fn,
                            generator=torch.Generator().manual_seed(int(seed)), **kwargs)
