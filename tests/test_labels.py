@@ -154,17 +154,19 @@ def test_label_vectors_rejects_bad_input():
         label_vectors(np.zeros(4, dtype=np.uint8))
 
 
-def test_label_vectors_single_bincount(monkeypatch):
-    calls = []
-    real = np.bincount
+def test_comparison_and_bincount_counting_agree():
+    """The two counting paths (comparisons for few classes, one bincount otherwise) give the same counts
+    and name the same bad values."""
+    from pipeline.labels import _few_class_counts, _general_class_counts
 
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(np, "bincount", counting)
-    label_vectors(random_maps(np.random.default_rng(0), (7, 4, 16, 16)))
-    assert len(calls) == 1
+    rng = np.random.default_rng(0)
+    for dtype in (np.uint8, np.int16, np.int64):
+        maps = random_maps(rng, (7, 4, 16, 16), nodata_p=0.3).astype(dtype).reshape(28, -1)
+        np.testing.assert_array_equal(_few_class_counts(maps, K, LABEL_NODATA), _general_class_counts(maps, K, LABEL_NODATA))
+        maps[5, 3] = 12
+        for count in (_few_class_counts, _general_class_counts):
+            with pytest.raises(ValueError, match="label value.*12"):
+                count(maps, K, LABEL_NODATA)
 
 
 # --------------------------------------------------------------------------- dask
