@@ -81,12 +81,13 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
     """Summarise an archive: patch counts, failures, class frequencies."""
+    from pipeline.labels import label_summary, summary_statistics
     from pipeline.store import archive_exists, summarize
 
     if not archive_exists(store):
         err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
         raise typer.Exit(code=1)
-    summary = summarize(store)
+    summary = summarize(store) | label_summary(summary_statistics(store))
     if as_json:
         console.print_json(json.dumps(summary))
     else:

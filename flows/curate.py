@@ -70,16 +70,16 @@ def curate_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, location
 @task(name="archive-report", cache_policy=NO_CACHE)
 def archive_report(manifest: Manifest) -> dict:
     """Summary JSON and plots (locations map, class frequencies, co-occurrence) beside the archive."""
-    from pipeline.labels import plot_class_frequencies, plot_cooccurrence, summary_statistics
+    from pipeline.labels import label_summary, plot_class_frequencies, plot_cooccurrence, summary_statistics
     from pipeline.sampling import load_cities, locations_to_geodataframe, plot_locations, read_locations
 
-    path = manifest.store.path
-    summary = summarize(path, manifest.store.storage_options or None)
+    path, so = manifest.store.path, manifest.store.storage_options or None
+    stats = summary_statistics(path, so)
+    summary = summarize(path, so) | label_summary(stats)
     if "://" in path and not path.startswith("file://"):
         return summary  # plots are written for local archives only
     out = Path(path.removeprefix("file://") + ".report")
     out.mkdir(parents=True, exist_ok=True)
-    stats = summary_statistics(path)
     plot_class_frequencies(stats, out / "class_frequencies.png")
     plot_cooccurrence(stats, out / "cooccurrence.png")
     gdf = locations_to_geodataframe(read_locations(steps.locations_path(path)), manifest.patch)

@@ -50,7 +50,7 @@ from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
 from pipeline.store import STATUS_DONE, storage_options_for
 
 __all__ = [
-    "STATUS_DONE", "label_vectors", "label_vectors_dask", "compute_archive_labels",
+    "STATUS_DONE", "label_vectors", "label_vectors_dask", "compute_archive_labels", "label_summary",
     "summary_statistics", "plot_class_frequencies", "plot_cooccurrence",
 ]
 
@@ -381,7 +381,16 @@ def summary_statistics(store: str, storage_options: dict[str, Any] | None = None
     }
 
 
+def label_summary(stats: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers of :func:`summary_statistics` for an archive summary (``softcon inspect``):
+    ``labelled_images`` and ``class_frequency`` by class name (0.0 when nothing is labelled)."""
+    freq = np.nan_to_num(np.asarray(stats["class_frequency"], dtype=np.float64), nan=0.0)
+    return {"labelled_images": int(stats["n_labelled"]),
+            "class_frequency": {c: float(f) for c, f in zip(stats["classes"], freq)}}
+
+
 # --------------------------------------------------------------------------- plots
+
 def _figure(figsize: tuple[float, float]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -322,7 +322,11 @@ def date_to_days(d: dt.date) -> int:
 
 
 def summarize(path: str, storage_options: dict | None = None) -> dict:
-    """Counts of done/failed/todo patches, failure reasons, and class frequencies of done patches."""
+    """Counts of done/failed/todo patches, failure reasons and the archive's identity.
+
+    Label statistics (class frequencies, co-occurrence) are :func:`pipeline.labels.summary_statistics`;
+    :func:`pipeline.labels.label_summary` adds their headline numbers to this summary.
+    """
     group = open_group(path, "r", storage_options)
     status = group["status"][:]
     reasons = group["status_reason"][:]
@@ -331,18 +335,6 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
     for r in reasons[status == STATUS_FAILED]:
         key = str(r).split(":")[0] if r else "unknown"
         failures[key] = failures.get(key, 0) + 1
-    done = np.flatnonzero(status == STATUS_DONE)
-    class_counts = np.zeros(len(DW_CLASSES), dtype=np.int64)
-    labelled = 0
-    mh = group["multi_hot"]
-    step = int(group.attrs["layout"]["patches_per_shard"]) * 16
-    for start in range(0, len(status), step):
-        block = mh[start:start + step]
-        keep = status[start:start + step] == STATUS_DONE
-        block = block[keep].reshape(-1, len(DW_CLASSES))
-        has = block.any(axis=1)
-        labelled += int(has.sum())
-        class_counts += block[has].sum(axis=0).astype(np.int64)
     return {
         "path": path,
         "title": group.attrs.get("title"),
@@ -353,9 +345,7 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
         "n_seasons": int(group.attrs["layout"]["n_seasons"]),
         "status": counts,
         "failures": failures,
-        "done_patches": int(len(done)),
-        "labelled_images": labelled,
-        "class_frequency": {c: (float(n) / labelled if labelled else 0.0) for c, n in zip(DW_CLASSES, class_counts)},
+        "done_patches": counts["done"],
         "software_version": group.attrs.get("software_version"),
         "created": group.attrs.get("created"),
     }

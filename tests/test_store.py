@@ -9,6 +9,7 @@ import pytest
 import zarr
 
 from pipeline.bands import DW_CLASSES, LABEL_NODATA
+from pipeline.labels import label_summary, summary_statistics
 from pipeline.locations import Location, utm_epsg
 from pipeline.manifest import Manifest
 from pipeline.store import (
@@ -109,10 +110,12 @@ def test_round_trip_and_status(tmp_path):
     s = summarize(m.store.path)
     assert s["status"] == {"todo": 0, "done": 5, "failed": 1}
     assert s["failures"] == {"NoImageFound": 1} and s["synthetic"] is True
+    assert s["done_patches"] == 5 and s["n_seasons"] == 4
     labelled = ds["multi_hot"].values[ds["status"].values == 1].reshape(-1, 9)
     labelled = labelled[labelled.any(1)]
-    assert s["labelled_images"] == len(labelled)
-    np.testing.assert_allclose(list(s["class_frequency"].values()), labelled.mean(0), rtol=1e-6)
+    headline = label_summary(summary_statistics(m.store.path))
+    assert headline["labelled_images"] == len(labelled)
+    np.testing.assert_allclose(list(headline["class_frequency"].values()), labelled.mean(0), rtol=1e-6)
 
 
 def test_writes_must_stay_in_one_shard(tmp_path):
