@@ -31,6 +31,7 @@ from prefect.tasks import exponential_backoff
 from pipeline import curate as steps
 from pipeline.locations import Location
 from pipeline.manifest import Manifest, load_manifest
+from pipeline.progress import progress_bar
 from pipeline.sources import TransientSourceError
 from pipeline.store import ArchiveLayout, summarize
 
@@ -70,8 +71,18 @@ def curate_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, location
 @task(name="archive-report", cache_policy=NO_CACHE)
 def archive_report(manifest: Manifest) -> dict:
     """Summary JSON and plots (locations map, class frequencies, co-occurrence) beside the archive."""
-    from pipeline.labels import label_summary, plot_class_frequencies, plot_cooccurrence, summary_statistics
-    from pipeline.sampling import load_cities, locations_to_geodataframe, plot_locations, read_locations
+    from pipeline.labels import (
+        label_summary,
+        plot_class_frequencies,
+        plot_cooccurrence,
+        summary_statistics,
+    )
+    from pipeline.sampling import (
+        load_cities,
+        locations_to_geodataframe,
+        plot_locations,
+        read_locations,
+    )
 
     path, so = manifest.store.path, manifest.store.storage_options or None
     stats = summary_statistics(path, so)
@@ -156,14 +167,13 @@ def curate(manifest_path: str, retry_failed: bool = False, show_progress: bool =
     del locations  # only the shards' slices travel to the workers
     totals = {"done": 0, "failed": 0, "skipped": 0}
     t0 = time.perf_counter()
-    progress = _progress(show_progress, len(shards))
-    with progress:
-        bar = progress.add_task("curating shards", total=len(shards))
+    with progress_bar(show_progress) as progress:
+        bar = progress.add_task("curating shards", total=len(shards), status="")
         for i, fut in enumerate(as_completed(futures), 1):
             res = fut.result()
             for k in totals:
                 totals[k] += res[k]
-            progress.update(bar, advance=1, description=f"patches done {totals['done']} failed {totals['failed']}")
+            progress.update(bar, advance=1, status=f"patches done {totals['done']}, failed {totals['failed']}")
             logger.info("shard %d: %d done, %d failed (%.1fs); %d/%d shards, totals %s",
                         res["shard"], res["done"], res["failed"], res["seconds"], i, len(shards), totals)
     summary = archive_report(manifest)
@@ -173,29 +183,6 @@ def curate(manifest_path: str, retry_failed: bool = False, show_progress: bool =
         summary["evaluation"] = launch_evaluation(manifest, summary["pretraining"].removeprefix("done: "))
     logger.info("archive %s: %s", manifest.store.path, summary["status"])
     return summary
-
-
-class _NoProgress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-
-def _progress(show: bool, total: int):
-    if not show:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn())
 
 
 def task_runner_for(manifest: Manifest, dask_address: str | None = None):

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.progress import progress_bar
 from train.cpu_memory import keep_freed_memory
 from train.data import ArchiveDataset, Normalizer, build_dataloader
 from train.augment import ms_view_transforms, sar_view_transforms
@@ -382,15 +383,6 @@ def _class_counts(ds: ArchiveDataset) -> torch.Tensor:
     return counts
 
 
-def _progress(enabled: bool, total: int, description: str):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), transient=False)
-
-
 def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = None, resume: bool = False,
                     progress: bool | None = None, stop_after_epochs: int | None = None,
                     **overrides: Any) -> dict[str, Any]:
@@ -464,8 +456,8 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
     history: list[float] = []
     t_start = time.perf_counter()
     try:
-        with _progress(show, total_steps, "pretraining") as bar:
-            task = bar.add_task("pretraining", total=total_steps, completed=global_step, status="") if bar else None
+        with progress_bar(show) as bar:
+            task = bar.add_task("pretraining", total=total_steps, completed=global_step, status="")
             end_epoch = cfg.epochs if stop_after_epochs is None else min(cfg.epochs, start_epoch + stop_after_epochs)
             for epoch in range(start_epoch, end_epoch):
                 model.train()
@@ -509,7 +501,7 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
                         writer.add_scalar("train/lr", lr, global_step)
                         writer.add_scalar("train/momentum", m, global_step)
                         writer.add_scalar("train/samples_per_s", rate, global_step)
-                        if bar is not None:
+                        if show:
                             bar.update(task, advance=1, status=f"epoch {epoch} loss {step_loss:.4f} {rate:.0f} samples/s")
                         elif global_step % cfg.log_every == 0:
                             print(f"epoch {epoch} step {global_step}/{total_steps} loss {step_loss:.4f} "
