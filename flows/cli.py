@@ -184,6 +184,35 @@ def import_labels(
 
 
 @app.command()
+def labels(
+    store: str = typer.Argument(..., help="archive path or fsspec URL"),
+    presence_threshold: Optional[float] = typer.Option(
+        None, help="a class is present above this fraction of valid pixels (default: the archive's manifest)"),
+    min_valid_fraction: Optional[float] = typer.Option(
+        None, help="fewer valid pixels than this share: unlabelled (default: the archive's manifest)"),
+    batch_patches: int = typer.Option(256, help="patches per written region"),
+) -> None:
+    """Recompute label_fraction and multi_hot of every done patch from its Dynamic World maps (Dask
+    over the archive's shards), e.g. with another presence threshold or after an import-labels."""
+    from pipeline.labels import relabel_archive
+    from pipeline.store import archive_exists
+
+    if not archive_exists(store):
+        err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
+        raise typer.Exit(code=1)
+    try:
+        counts = relabel_archive(store, presence_threshold, min_valid_fraction, batch_patches)
+    except ValueError as err:
+        err_console.print(f"[bold red]error:[/] {err}")
+        raise typer.Exit(code=2) from None
+    console.print(f"{store}: {counts['patches_done']} done patches relabelled "
+                  f"(presence threshold {counts['presence_threshold']}, min valid fraction "
+                  f"{counts['min_valid_fraction']}): {counts['patch_seasons_labelled']} labelled, "
+                  f"{counts['patch_seasons_unlabelled']} unlabelled images; "
+                  f"{counts['patches_skipped']} patches not done")
+
+
+@app.command()
 def pretrain(
     config: Path = typer.Argument(..., help="training config YAML (see configs/pretrain_mini.yaml)"),
     archive: Optional[str] = typer.Option(None, help="archive to train on (overrides the config)"),

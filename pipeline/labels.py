@@ -38,6 +38,7 @@ row has one, so this equals the ``min_valid_fraction`` rule.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -50,7 +51,7 @@ from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
 from pipeline.store import STATUS_DONE, storage_options_for
 
 __all__ = [
-    "STATUS_DONE", "label_vectors", "label_vectors_dask", "compute_archive_labels", "label_summary",
+    "STATUS_DONE", "label_vectors", "label_vectors_dask", "compute_archive_labels", "relabel_archive", "label_summary",
     "summary_statistics", "plot_class_frequencies", "plot_cooccurrence",
 ]
 
@@ -304,6 +305,32 @@ def compute_archive_labels(
         "patch_seasons_unlabelled": n_done_ps - n_labelled,
         "regions_written": n_regions,
     }
+
+
+def relabel_archive(
+    store: str,
+    presence_threshold: float | None = None,
+    min_valid_fraction: float | None = None,
+    batch_patches: int = 256,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`compute_archive_labels` with the archive's own thresholds (its manifest's ``labels``
+    section) unless others are given; the thresholds used are recorded in the group attribute
+    ``labels_recomputed`` (with the time), after the vectors are written. Returns the counts plus
+    the thresholds. Patches curated later get the manifest's thresholds again.
+    """
+    so = storage_options_for(store, storage_options)
+    group = zarr.open_group(store, mode="r+", **({"storage_options": so} if so else {}))
+    stored = dict(group.attrs.get("manifest", {}).get("labels", {}))
+    used = {
+        "presence_threshold": float(stored.get("presence_threshold", 0.01)
+                                    if presence_threshold is None else presence_threshold),
+        "min_valid_fraction": float(stored.get("min_valid_fraction", 0.1)
+                                    if min_valid_fraction is None else min_valid_fraction),
+    }
+    counts = compute_archive_labels(store, batch_patches=batch_patches, storage_options=storage_options, **used)
+    group.attrs["labels_recomputed"] = {**used, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return {**counts, **used}
 
 
 # --------------------------------------------------------------------------- statistics

@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from pipeline.bands import DW_CLASSES, LABEL_NODATA
 from pipeline.crosswalks import (
@@ -530,3 +531,31 @@ def test_uint8_fast_path_equals_general_path_over_many_maps():
         label_vectors(bad)
     with pytest.raises(ValueError, match="42"):
         label_vectors(bad.astype(np.int32))
+
+
+def test_labels_command_recomputes_with_another_threshold(tmp_path):
+    """`softcon labels STORE --presence-threshold T` rewrites multi_hot from the stored maps with T,
+    records what it used, and by default goes back to the archive manifest's thresholds."""
+    from typer.testing import CliRunner
+
+    from archive_helpers import synthetic_archive
+    from flows.cli import app
+
+    store = synthetic_archive(tmp_path / "a.zarr", n_locations=6, size_px=32, patches_per_shard=4)
+    maps = zarr.open_group(store, mode="r")["dw_label"][:]
+    runner = CliRunner()
+    res = runner.invoke(app, ["labels", store, "--presence-threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    group = zarr.open_group(store, mode="r")
+    _, want = label_vectors(maps, presence_threshold=0.3, min_valid_fraction=0.1)
+    np.testing.assert_array_equal(group["multi_hot"][:], want)
+    assert group.attrs["labels_recomputed"]["presence_threshold"] == 0.3
+    assert "labelled" in res.output
+
+    assert runner.invoke(app, ["labels", store]).exit_code == 0  # the manifest's 0.01 again
+    _, default = label_vectors(maps, presence_threshold=0.01, min_valid_fraction=0.1)
+    np.testing.assert_array_equal(zarr.open_group(store, mode="r")["multi_hot"][:], default)
+    assert not np.array_equal(want, default)
+
+    bad = runner.invoke(app, ["labels", store, "--presence-threshold", "1.5"])
+    assert bad.exit_code == 2 and "presence_threshold" in bad.output
