@@ -259,6 +259,10 @@ def test_seasonal_and_cross_modal_views(archive):
     p, s = item["location"], item["season"]
     assert item["view1"].shape == (13, SIZE, SIZE) and item["view2"].shape == (2, 16, 16)
     np.testing.assert_allclose(item["view1"].numpy(), expected_norm(g["s2_l1c"][p, s], "s2_l1c"), atol=1e-6)
+    assert item["bands"] == tuple(S2_L1C_BANDS) and item["bands2"] == tuple(S1_GRD_BANDS)
+    batch = next(iter(build_dataloader(cm, 4, shuffle=False)))
+    assert batch["bands"] == list(S2_L1C_BANDS) and batch["bands2"] == list(S1_GRD_BANDS)
+    assert batch["view1"].shape == (4, 13, SIZE, SIZE) and batch["location"].shape == (4,)
     plain = ArchiveDataset(archive, view_mode="cross_modal")[6]["view2"]
     np.testing.assert_allclose(plain.numpy(), expected_norm(g["s1_grd"][p, s], "s1_grd"), atol=1e-6)
     assert torch.isfinite(ArchiveDataset(archive, view_mode="cross_modal")[

@@ -14,8 +14,8 @@ Data set (:class:`ArchiveDataset`)
     Items are ``(patch, season)`` pairs of the patches whose ``status`` is done (optionally restricted
     to ``indices``), in patch-then-season order. Each item reads only the chunks it needs
     (``arr[p, s]`` is one chunk), converts to float32, normalises, then applies the view transforms.
-    Item dicts hold tensors and ints only, so the default collate works; band names are attributes
-    of the data set (``band_names``, ``band_names2``):
+    Item dicts hold tensors, ints and the band names; :func:`collate_items` (the collate of
+    :func:`build_dataloader`) batches them, keeping the band names once per batch:
 
     ========================  ==================================================================
     ``image``                 (C, H, W) float32 — ``view_mode="single"``
@@ -26,6 +26,8 @@ Data set (:class:`ArchiveDataset`)
     ``season``                int, season of view 1 / the image
     ``season2``               int, season of view 2 (``seasonal`` only)
     ``index``                 int, item index in the data set
+    ``bands``                 tuple of the band names of view 1 / the image (``band_names``)
+    ``bands2``                tuple of the band names of view 2 (``cross_modal`` only)
     ========================  ==================================================================
 
     View modes: ``same_season`` (two augmentations of one image), ``seasonal`` (view 2 from another
@@ -58,7 +60,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from pipeline.bands import MODALITY_BANDS, S1_GRD_BANDS, S2_L1C_BANDS, S2_L2A_BANDS
 from pipeline.store import STATUS_DONE, open_group
@@ -77,6 +79,8 @@ __all__ = [
     "EpochSampler",
     "EpochDataLoader",
     "build_dataloader",
+    "collate_items",
+    "NAME_KEYS",
 ]
 
 # --------------------------------------------------------------------------- statistics tables
@@ -539,8 +543,11 @@ class ArchiveDataset(Dataset):
         fraction, multi_hot = self._labels(arrays, p, s)
         out["label_fraction"], out["multi_hot"] = torch.from_numpy(fraction.copy()), torch.from_numpy(multi_hot.copy())
         out["location"], out["season"], out["index"] = p, s, index
+        out["bands"] = tuple(self.band_names)
         if self.view_mode == "seasonal":
             out["season2"] = s2
+        elif self.view_mode == "cross_modal":
+            out["bands2"] = tuple(self.band_names2)
         return out
 
     def __repr__(self) -> str:
@@ -601,6 +608,18 @@ class EpochDataLoader(DataLoader):
             self.dataset.set_epoch(epoch)
 
 
+NAME_KEYS = ("bands", "bands2")
+
+
+def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_collate`` of item dicts, except the band-name keys (:data:`NAME_KEYS`): a batch holds
+    them once, as a list of names (the items of one data set share them)."""
+    names = {k: list(items[0][k]) for k in NAME_KEYS if k in items[0]}
+    batch = default_collate([{k: v for k, v in item.items() if k not in names} for item in items])
+    batch.update(names)
+    return batch
+
+
 def _keep_freed_memory_in_worker(worker_id: int) -> None:
     keep_freed_memory()
 
@@ -631,5 +650,5 @@ def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 0, sh
         if keep_freed_memory:
             kwargs["worker_init_fn"] = _keep_freed_memory_in_worker
     return EpochDataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                           drop_last=drop_last, pin_memory=pin_memory, collate_fn=collate_fn,
+                           drop_last=drop_last, pin_memory=pin_memory, collate_fn=collate_fn or collate_items,
                            generator=torch.Generator().manual_seed(int(seed)), **kwargs)
