@@ -4,7 +4,7 @@ PyTorch has a caching allocator for CUDA but none for the CPU: every tensor is a
 ``malloc``/``free``.  glibc serves blocks above a (dynamic) threshold with ``mmap`` and
 returns freed memory to the kernel, so the next step's tensors of the same sizes are
 page-faulted and zero-filled again.  A training step allocates the same shapes every
-time; this costs 10–25 % of a ResNet-18 step here and a third of a 512 × 512 contrastive
+time; here that costs 10–25 % of a ResNet-18 training step and of a 512 × 512 contrastive
 loss (``benchmarks/bench_pretrain.py`` prints both allocator settings).  PyTorch's CPU
 performance guide recommends an allocator that reuses memory (jemalloc, TCMalloc); with
 glibc the same effect comes from two documented ``mallopt`` settings, applied here:
