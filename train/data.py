@@ -621,7 +621,7 @@ def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _keep_freed_memory_in_worker(worker_id: int) -> None:
-    keep_freed_memory()
+    keep_freed_memory(trim_mib=256)  # a worker's working set (chunks, one batch) is far below this
 
 
 def build_dataloader(dataset: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True,
