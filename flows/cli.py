@@ -195,13 +195,20 @@ def labels(
     """Recompute label_fraction and multi_hot of every done patch from its Dynamic World maps (Dask
     over the archive's shards), e.g. with another presence threshold or after an import-labels."""
     from pipeline.labels import relabel_archive
+    from pipeline.progress import progress_bar
     from pipeline.store import archive_exists
 
     if not archive_exists(store):
         err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
         raise typer.Exit(code=1)
     try:
-        counts = relabel_archive(store, presence_threshold, min_valid_fraction, batch_patches)
+        with progress_bar(sys.stderr.isatty()) as bar:
+            task = bar.add_task("labelling patches", total=None, status="")
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            counts = relabel_archive(store, presence_threshold, min_valid_fraction, batch_patches, on_region=advance)
     except ValueError as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(code=2) from None

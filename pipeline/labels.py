@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from typing import Any
 
 import dask
@@ -252,6 +253,7 @@ def compute_archive_labels(
     nodata: int = LABEL_NODATA,
     batch_patches: int = 256,
     storage_options: dict[str, Any] | None = None,
+    on_region: Callable[[int, int], None] | None = None,
 ) -> dict[str, int]:
     """Compute and store ``label_fraction`` / ``multi_hot`` for every *done* patch of an archive.
 
@@ -264,7 +266,8 @@ def compute_archive_labels(
 
     Returns counts: ``patches``, ``patches_done``, ``patches_skipped`` (not done),
     ``patch_seasons_labelled`` / ``patch_seasons_unlabelled`` (over done patches) and
-    ``regions_written``.
+    ``regions_written``. ``on_region(patches_through, n_patches)`` is called after each region
+    (e.g. to advance a progress bar).
     """
     if batch_patches < 1:
         raise ValueError(f"batch_patches must be >= 1, got {batch_patches}")
@@ -295,6 +298,8 @@ def compute_archive_labels(
                 n_labelled += _label_region(dw, frac_arr, mh_arr, p0, p1, sel, n_classes, nodata,
                                             presence_threshold, min_valid_fraction)
                 n_regions += 1
+            if on_region is not None:
+                on_region(p1, n_patch)
 
     n_done_ps = int(done.size) * n_seasons
     return {
@@ -313,6 +318,7 @@ def relabel_archive(
     min_valid_fraction: float | None = None,
     batch_patches: int = 256,
     storage_options: dict[str, Any] | None = None,
+    on_region: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """:func:`compute_archive_labels` with the archive's own thresholds (its manifest's ``labels``
     section) unless others are given; the thresholds used are recorded in the group attribute
@@ -328,7 +334,8 @@ def relabel_archive(
         "min_valid_fraction": float(stored.get("min_valid_fraction", 0.1)
                                     if min_valid_fraction is None else min_valid_fraction),
     }
-    counts = compute_archive_labels(store, batch_patches=batch_patches, storage_options=storage_options, **used)
+    counts = compute_archive_labels(store, batch_patches=batch_patches, storage_options=storage_options,
+                                    on_region=on_region, **used)
     group.attrs["labels_recomputed"] = {**used, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     return {**counts, **used}
 

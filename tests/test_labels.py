@@ -278,9 +278,13 @@ def test_compute_archive_labels_streams(tmp_path):
         def _posttask(self, key, result, dsk, state, worker_id):
             sizes.append(getattr(result, "nbytes", 0))
 
+    progress = []
     with Sizes():
-        compute_archive_labels(store, batch_patches=1)  # batches of one 2-patch chunk
+        compute_archive_labels(store, batch_patches=1,  # batches of one 2-patch chunk
+                               on_region=lambda done, total: progress.append((done, total)))
     assert sizes and max(sizes) <= 2 * 4 * 16 * 16 < maps.nbytes
+    n = len(STATUS)
+    assert progress == [(min(p + 2, n), n) for p in range(0, n, 2)]  # every region, in order
 
 
 def test_compute_archive_labels_no_done_patches(tmp_path):
