@@ -41,6 +41,14 @@ def _load_or_exit(path: Path):
         raise typer.Exit(code=2) from None
 
 
+def _require_archive(store: str) -> None:
+    from pipeline.store import archive_exists
+
+    if not archive_exists(store):
+        err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def validate(manifest: Path = typer.Argument(..., help="data_manifest.yaml to check")) -> None:
     """Check a manifest; print every problem with its key path and exit 2 if there is any."""
@@ -82,11 +90,9 @@ def inspect(
 ) -> None:
     """Summarise an archive: patch counts, failures, class frequencies."""
     from pipeline.labels import label_summary, summary_statistics
-    from pipeline.store import archive_exists, summarize
+    from pipeline.store import summarize
 
-    if not archive_exists(store):
-        err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
-        raise typer.Exit(code=1)
+    _require_archive(store)
     summary = summarize(store) | label_summary(summary_statistics(store))
     if as_json:
         console.print_json(json.dumps(summary))
@@ -196,11 +202,8 @@ def labels(
     over the archive's shards), e.g. with another presence threshold or after an import-labels."""
     from pipeline.labels import relabel_archive
     from pipeline.progress import progress_bar
-    from pipeline.store import archive_exists
 
-    if not archive_exists(store):
-        err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
-        raise typer.Exit(code=1)
+    _require_archive(store)
     try:
         with progress_bar(sys.stderr.isatty()) as bar:
             task = bar.add_task("labelling patches", total=None, status="")

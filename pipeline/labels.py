@@ -49,7 +49,8 @@ import numpy as np
 import zarr
 
 from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
-from pipeline.store import STATUS_DONE, storage_options_for
+from pipeline.manifest import LabelsConfig
+from pipeline.store import STATUS_DONE, open_group
 
 __all__ = [
     "STATUS_DONE", "label_vectors", "label_vectors_dask", "compute_archive_labels", "relabel_archive", "label_summary",
@@ -72,6 +73,15 @@ def _check_params(n_classes: int, nodata: int, presence_threshold: float, min_va
         raise ValueError(f"min_valid_fraction must be in [0, 1], got {min_valid_fraction}")
 
 
+def _check_maps(maps: Any) -> Any:
+    """``maps`` (numpy or Dask) if it is a stack ``(..., y, x)`` of integer label maps; else raise."""
+    if maps.ndim < 2:
+        raise ValueError(f"label maps need at least 2 dims (..., y, x), got shape {maps.shape}")
+    if not np.issubdtype(maps.dtype, np.integer):
+        raise TypeError(f"label maps must have an integer dtype, got {maps.dtype}")
+    return maps
+
+
 def label_vectors(
     label_maps: np.ndarray,
     n_classes: int = len(DW_CLASSES),
@@ -89,11 +99,7 @@ def label_vectors(
     ``0..n_classes-1`` nor ``nodata``, and ``TypeError`` for non-integer input.
     """
     _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
-    a = np.asarray(label_maps)
-    if a.ndim < 2:
-        raise ValueError(f"label maps need at least 2 dims (..., y, x), got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"label maps must have an integer dtype, got {a.dtype}")
+    a = _check_maps(np.asarray(label_maps))
     lead = a.shape[:-2]
     n_maps = math.prod(lead)
     n_pix = a.shape[-2] * a.shape[-1]
@@ -178,11 +184,7 @@ def label_vectors_dask(
     block function returns fractions and multi-hot side by side and the two are sliced apart.
     """
     _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
-    x = dw_label if isinstance(dw_label, da.Array) else da.asarray(dw_label)
-    if x.ndim < 2:
-        raise ValueError(f"label maps need at least 2 dims (..., y, x), got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"label maps must have an integer dtype, got {x.dtype}")
+    x = _check_maps(dw_label if isinstance(dw_label, da.Array) else da.asarray(dw_label))
     nd = x.ndim
     if len(x.chunks[-1]) != 1 or len(x.chunks[-2]) != 1:
         x = x.rechunk({nd - 2: -1, nd - 1: -1})
@@ -271,8 +273,7 @@ def compute_archive_labels(
     """
     if batch_patches < 1:
         raise ValueError(f"batch_patches must be >= 1, got {batch_patches}")
-    so = storage_options_for(store, storage_options)
-    group = zarr.open_group(store, mode="r+", **({"storage_options": so} if so else {}))
+    group = open_group(store, "r+", storage_options)
     n_classes = _check_group_layout(group)
     _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
     status = np.asarray(group["status"][:])
@@ -325,14 +326,11 @@ def relabel_archive(
     ``labels_recomputed`` (with the time), after the vectors are written. Returns the counts plus
     the thresholds. Patches curated later get the manifest's thresholds again.
     """
-    so = storage_options_for(store, storage_options)
-    group = zarr.open_group(store, mode="r+", **({"storage_options": so} if so else {}))
-    stored = dict(group.attrs.get("manifest", {}).get("labels", {}))
+    group = open_group(store, "r+", storage_options)
+    stored = LabelsConfig.model_validate(group.attrs.get("manifest", {}).get("labels", {}))
     used = {
-        "presence_threshold": float(stored.get("presence_threshold", 0.01)
-                                    if presence_threshold is None else presence_threshold),
-        "min_valid_fraction": float(stored.get("min_valid_fraction", 0.1)
-                                    if min_valid_fraction is None else min_valid_fraction),
+        "presence_threshold": float(stored.presence_threshold if presence_threshold is None else presence_threshold),
+        "min_valid_fraction": float(stored.min_valid_fraction if min_valid_fraction is None else min_valid_fraction),
     }
     counts = compute_archive_labels(store, batch_patches=batch_patches, storage_options=storage_options,
                                     on_region=on_region, **used)
@@ -369,8 +367,7 @@ def summary_statistics(store: str, storage_options: dict[str, Any] | None = None
 
     Ratios with a zero denominator are NaN.
     """
-    so = storage_options_for(store, storage_options)
-    group = zarr.open_group(store, mode="r", **({"storage_options": so} if so else {}))
+    group = open_group(store, "r", storage_options)
     n_classes = _check_group_layout(group)
     status = np.asarray(group["status"][:])
     done = np.flatnonzero(status == STATUS_DONE)
@@ -424,7 +421,6 @@ def label_summary(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- plots
-
 def _figure(figsize: tuple[float, float]):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
