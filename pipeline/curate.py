@@ -13,7 +13,9 @@ Python, so it can be unit-tested and reused under any scheduler.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +38,13 @@ from pipeline.store import (
     STATUS_TODO,
     ArchiveLayout,
     PatchResult,
-    archive_exists,
     create_archive,
     date_to_days,
     open_group,
+    storage_options_for,
     write_patches,
 )
+from pipeline.store_target import check_beside, check_target, is_local, local_path
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +54,32 @@ def locations_path(store_path: str) -> str:
     return store_path.rstrip("/") + ".locations.parquet"
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
 def prepare(manifest: Manifest, source: Source | None = None) -> tuple[list[Location], ArchiveLayout]:
-    """Locations and archive template for a manifest; idempotent (a rerun re-reads the same locations)."""
+    """Locations and archive template for a manifest; idempotent (a rerun re-reads the same locations).
+
+    Nothing is written before the store path and the locations file beside it have been checked:
+    curation refuses (:class:`~pipeline.store_target.StoreRefused`) to write over anything it did not
+    create from this manifest.
+    """
+    path, so = manifest.store.path, manifest.store.storage_options or None
+    state = check_target(path, storage_options_for(path, so), manifest.content_hash())
+    check_beside(path)
     source = source or build_source(manifest)
-    loc_path = locations_path(manifest.store.path)
-    loc_file = Path(loc_path.removeprefix("file://")) if _is_local(loc_path) else None
-    resuming = archive_exists(manifest.store.path, manifest.store.storage_options or None)
+    loc_path = locations_path(path)
+    loc_file = local_path(loc_path) if is_local(loc_path) else None
+    resuming = state == "archive"
     if resuming and loc_file is not None and loc_file.exists():
         locations = read_locations(loc_file)
     else:  # a new archive always re-plans, so a stale locations file is never reused
         locations = plan_locations(manifest)
-    layout = create_archive(manifest, locations, source.describe())  # refuses an archive of another manifest
+    layout = create_archive(manifest, locations, source.describe())
     if loc_file is not None and (not resuming or not loc_file.exists()):
         gdf = locations_to_geodataframe(locations, manifest.patch)
-        tmp = loc_path + ".tmp"
+        loc_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=loc_file.parent, prefix=loc_file.name, suffix=".tmp")
+        os.close(fd)  # a fresh name: no file of the user's is ever written over
         write_locations(gdf, tmp)
-        Path(tmp).replace(loc_path)  # atomic: never a half-written locations file
+        Path(tmp).replace(loc_file)  # atomic: never a half-written locations file
     return locations, layout
 
 

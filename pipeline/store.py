@@ -22,8 +22,11 @@ hash, the source description (``synthetic: true`` for generated data), band and 
 the software version.
 
 Writing protocol (idempotent and resumable): :func:`create_archive` writes the template (metadata
-and coordinates only, via xarray with ``compute=False``), then each shard is written by exactly
-one task with chunk-aligned region writes; the shard's ``status`` is written last. A rerun reads
+and coordinates only, via xarray with ``compute=False``) and, last, the root attribute
+``template_complete = true``; an archive without it is treated as never started and rewritten
+(see :mod:`pipeline.store_target`, which also refuses to write where something else lives). Then
+each shard is written by exactly one task with chunk-aligned region writes; the shard's ``status``
+is written last. A rerun reads
 ``status`` and skips what is done, so nothing is duplicated; a shard interrupted before its status
 was written is simply redone (sources are deterministic, so the bytes are the same).
 """
@@ -44,6 +47,14 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
 from pipeline.locations import Location
 from pipeline.manifest import CompressorConfig, Manifest
+from pipeline.store_target import (  # noqa: F401 - ArchiveError is part of this module's interface
+    SOFTWARE,
+    TEMPLATE_MARKER,
+    ArchiveError,
+    check_target,
+    remove_incomplete,
+    target_state,
+)
 
 STATUS_TODO, STATUS_DONE, STATUS_FAILED = 0, 1, 2
 STATUS_NAMES = {STATUS_TODO: "todo", STATUS_DONE: "done", STATUS_FAILED: "failed"}
@@ -51,10 +62,6 @@ MODALITY_ORDER = ("s2_l1c", "s2_l2a", "s1_grd")
 NO_DATE = -1
 STRING = np.dtypes.StringDType()
 EPOCH = dt.date(1970, 1, 1)
-
-
-class ArchiveError(RuntimeError):
-    """The archive at a path cannot be used for this manifest (different manifest, bad layout, …)."""
 
 
 def software_version() -> str:
@@ -180,10 +187,11 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
         "synthetic": bool(source_description.get("synthetic", False)),
         "band_names": {k: list(v) for k, v in layout.modalities.items()},
         "class_names": list(DW_CLASSES),
-        "software": "softcon-ssl4eo",
+        "software": SOFTWARE,
         "software_version": software_version(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "layout": {"patches_per_shard": pps, "n_patches": P, "n_seasons": S, "size": H},
+        TEMPLATE_MARKER: False,  # set to true by create_archive once every template array is written
     }
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     return ds, encoding
@@ -207,29 +215,34 @@ def open_group(path: str, mode: str = "r", storage_options: dict | None = None) 
 
 
 def archive_exists(path: str, storage_options: dict | None = None) -> bool:
-    try:
-        group = open_group(path, "r", storage_options)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError):
-        return False
-    return "status" in group and "manifest_hash" in group.attrs
+    """True for a softcon archive whose template was completely written (see :func:`create_archive`)."""
+    return target_state(path, storage_options_for(path, storage_options))[0] == "archive"
 
 
 def create_archive(manifest: Manifest, locations: list[Location], source_description: dict) -> ArchiveLayout:
-    """Write the template, or check that an existing archive was made from the same manifest."""
+    """Write the template, or check that an existing archive was made from the same manifest.
+
+    Refuses (:class:`~pipeline.store_target.StoreRefused`) a store path that holds anything but an
+    empty folder or an archive of this manifest. The root group is created first with the manifest
+    hash and ``template_complete: false``, the variables next, and ``template_complete: true`` last:
+    a run killed at any moment before that leaves an archive that the next run recognises as its own
+    unfinished template and writes again.
+    """
     path, so = manifest.store.path, _storage_options(manifest)
     layout = ArchiveLayout.from_manifest(manifest, len(locations))
-    if archive_exists(path, so):
-        attrs = open_group(path, "r", so).attrs
-        if attrs["manifest_hash"] != manifest.content_hash():
-            raise ArchiveError(
-                f"{path}: the archive was created from a different manifest "
-                f"(hash {attrs['manifest_hash'][:12]}…, this one {manifest.content_hash()[:12]}…); "
-                "point store.path at a new location or delete the old archive")
+    state = check_target(path, so, manifest.content_hash())
+    if state == "archive":
         return layout
+    if state == "incomplete":
+        remove_incomplete(path, so, manifest.content_hash())
     ds, encoding = archive_template(manifest, locations, source_description)
+    zarr.open_group(path, mode="w-", zarr_format=3, storage_options=so,
+                    attributes={"software": SOFTWARE, "manifest_hash": ds.attrs["manifest_hash"],
+                                TEMPLATE_MARKER: False})
     # Coordinates and small numpy variables are written now; dask variables only as metadata.
-    ds.to_zarr(path, mode="w", compute=False, encoding=encoding, zarr_format=3, consolidated=False,
+    ds.to_zarr(path, mode="a", compute=False, encoding=encoding, zarr_format=3, consolidated=False,
                storage_options=so)
+    zarr.open_group(path, mode="r+", zarr_format=3, storage_options=so).attrs[TEMPLATE_MARKER] = True
     return layout
 
 
