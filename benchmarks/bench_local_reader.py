@@ -3,7 +3,10 @@
 A generated copy of the shared sample (``../shared/data/ssl4eo_s12``, location 0000200, two seasons)
 is replicated into ``--locations`` location folders with new 7-digit ids in a temporary directory.
 One *patch* is one (location, season) with every band of the three modalities (S2 L1C 13, L2A 12,
-S1 2) resampled to 264 × 264.
+S1 2) resampled to 264 × 264. The seasons are the manifest's default reference dates and windows
+(:func:`pipeline.seasons.season_windows`, no shift); only the seasons that every modality of the
+sample fills under the reader's assignment (:func:`~pipeline.sources.ssl4eo_local.assign_seasons`)
+are timed (06-21 and 09-22 for the shared sample).
 
 * reader: :meth:`pipeline.sources.ssl4eo_local.SSL4EOLocalSource.fetch` for each location and season
   (it lists the acquisition folders, reads ``metadata.json``, checks dtypes, records CRS and bounds).
@@ -38,10 +41,12 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.bands import MODALITY_BANDS, MODALITY_DTYPES  # noqa: E402
 from pipeline.grid import PatchGrid  # noqa: E402
-from pipeline.seasons import SeasonWindow  # noqa: E402
+from pipeline.manifest import SeasonsConfig  # noqa: E402
+from pipeline.seasons import SeasonWindow, season_windows  # noqa: E402
 from pipeline.sources.ssl4eo_local import (  # noqa: E402
     MODALITY_DIRS,
     SSL4EOLocalSource,
+    assign_seasons,
     list_acquisitions,
     list_local_locations,
 )
@@ -63,18 +68,31 @@ def replicate(src_root: Path, dst_root: Path, n: int) -> list[str]:
     return ids
 
 
-def window(season: int) -> SeasonWindow:
-    ref = dt.date(2021, 3, 20) + dt.timedelta(days=91 * season)
-    half = dt.timedelta(days=15)
-    return SeasonWindow(season=season, reference=ref, start=ref - half, end=ref + half)
+def default_windows() -> list[SeasonWindow]:
+    """The manifest's default seasons: its reference dates and window length, no per-location shift."""
+    seasons = SeasonsConfig()
+    return season_windows(seasons.reference_dates, seasons.window_days, 0)
 
 
-def plan_baseline(root: Path, location_ids: list[str], n_seasons: int) -> list[list[tuple[str, list[Path]]]]:
+def assigned_folders(root: Path, loc_id: str, reference_dates: list[dt.date]) -> dict[str, dict[int, Path]]:
+    """Modality → (season index → acquisition folder), as the reader assigns them."""
+    return {name: assign_seasons(list_acquisitions(root / sub / loc_id), reference_dates)
+            for name, sub in MODALITY_DIRS.items()}
+
+
+def filled_seasons(root: Path, loc_id: str, reference_dates: list[dt.date]) -> list[int]:
+    """The season indices that every modality of the location fills."""
+    per_modality = assigned_folders(root, loc_id, reference_dates).values()
+    return sorted(set.intersection(*(set(folders) for folders in per_modality)))
+
+
+def plan_baseline(root: Path, location_ids: list[str], reference_dates: list[dt.date],
+                  seasons: list[int]) -> list[list[tuple[str, list[Path]]]]:
     """Per patch: (modality, band file paths in canonical order), listed before timing."""
     patches = []
     for loc_id in location_ids:
-        folders = {name: list_acquisitions(root / sub / loc_id) for name, sub in MODALITY_DIRS.items()}
-        for s in range(n_seasons):
+        folders = assigned_folders(root, loc_id, reference_dates)
+        for s in seasons:
             patches.append([(name, [folders[name][s] / f"{band}.tif" for band in MODALITY_BANDS[name]])
                             for name in MODALITY_BANDS])
     return patches
@@ -117,11 +135,15 @@ def main(argv: list[str] | None = None) -> float:
         ids = replicate(args.root, root, args.locations)
         locations = list_local_locations(root)
         assert [loc.id for loc in locations] == ids
-        n_seasons = min(len(list_acquisitions(root / sub / ids[0])) for sub in MODALITY_DIRS.values())
-        jobs = [(loc, PatchGrid.for_location(loc, SIZE, 10.0), window(s))
-                for loc in locations for s in range(n_seasons)]
-        patches = plan_baseline(root, ids, n_seasons)
-        source = SSL4EOLocalSource(root, resampling="bilinear")
+        windows = default_windows()
+        refs = [w.reference for w in windows]
+        seasons = filled_seasons(root, ids[0], refs)  # every location is a copy of the same one
+        if not seasons:
+            raise SystemExit(f"no season is filled by every modality of {args.root} for {refs}")
+        n_seasons = len(seasons)
+        jobs = [(loc, PatchGrid.for_location(loc, SIZE, 10.0), windows[s]) for loc in locations for s in seasons]
+        patches = plan_baseline(root, ids, refs, seasons)
+        source = SSL4EOLocalSource(root, resampling="bilinear", reference_dates=refs)
 
         # same pixels, so the comparison is between equal work
         first = source.fetch(jobs[0][0], jobs[0][2], jobs[0][1], MODALITY_BANDS)
@@ -148,8 +170,10 @@ def main(argv: list[str] | None = None) -> float:
         cpu_rate = {k: n / min(v) for k, v in cpu.items()}
         ratio = rate["reader"] / rate["baseline"]
         cpu_ratio = cpu_rate["reader"] / cpu_rate["baseline"]
-        print(f"local SSL4EO-S12 reader, {args.locations} locations x {n_seasons} seasons = {n} patches "
-              f"({sum(len(p) for _, p in patches[0])} band files each, {SIZE} px), best of {args.repeats}")
+        season_names = ", ".join(f"{s} ({refs[s].strftime('%m-%d')})" for s in seasons)
+        print(f"local SSL4EO-S12 reader, {args.locations} locations x {n_seasons} seasons [{season_names}] = "
+              f"{n} patches ({sum(len(p) for _, p in patches[0])} band files each, {SIZE} px), "
+              f"best of {args.repeats}")
         for key, label in (("baseline", "bare rasterio"), ("reader", "reader fetch")):
             print(f"  {label + ':':15}{rate[key]:8.1f} patches/s  ({min(wall[key]):.3f} s wall, "
                   f"{cpu_rate[key]:.1f} patches per CPU-second)")

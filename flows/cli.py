@@ -1,24 +1,98 @@
-"""The ``softcon`` command line: validate manifests, curate archives, inspect them."""
+"""The ``softcon`` command line: validate manifests, curate archives, inspect them.
+
+Errors are reported once, by :class:`_ReportingGroup`: one line ``error: …`` and exit code 2 for bad input
+(:class:`pipeline.errors.BadInput` and its subclasses), 1 for anything else; ``softcon --debug COMMAND``
+prints the full traceback instead.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from pipeline.errors import BadInput, RunFailed
+
+APP_HELP = "\n\n".join([
+    "Rebuild SSL4EO-S12-ML and pretrain with SoftCon: curate → explore → pretrain → evaluate.",
+    "Exit codes: 0 success; 1 the run failed; 2 bad input (a manifest key, a path, a file, credentials), "
+    "reported as one line naming it. Add --debug before the command for the full traceback.",
+    "Example: softcon validate data_manifest.yaml && softcon curate data_manifest.yaml",
+])
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _error_lines(err: Exception) -> list[str]:
+    """What the user sees of an error: one line (a manifest with several problems: one line each)."""
+    from pipeline.manifest import ManifestError
+
+    if isinstance(err, ManifestError) and len(err.problems) > 1:
+        return [f"error: {err.source}: {len(err.problems)} problems"] + [f"  {p}" for p in err.problems]
+    message = _one_line(str(err))
+    if isinstance(err, (BadInput, RunFailed)):
+        return [f"error: {message}"]
+    return [f"error: {type(err).__name__}: {message}" if message else f"error: {type(err).__name__}"]
+
+
+class _ReportingGroup(TyperGroup):
+    """Runs a command; an exception it raises becomes ``error: …`` lines and exit code 2 (bad input) or 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException):
+            raise  # normal exits and usage errors: typer reports them
+        except Exception as err:  # noqa: BLE001 - every other error is reported here, once
+            code = 2 if isinstance(err, BadInput) else 1
+            if ctx.params.get("debug"):
+                traceback.print_exception(err, file=sys.stderr)
+            else:
+                for line in _error_lines(err):
+                    typer.echo(line, err=True)
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
-    help="Rebuild SSL4EO-S12-ML and pretrain with SoftCon: curate → explore → pretrain → evaluate.",
+    cls=_ReportingGroup,
+    help=APP_HELP,
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold credentials
 )
 console = Console()
-err_console = Console(stderr=True)
+_options = {"debug": False}
+
+
+@app.callback()
+def _global_options(
+    debug: bool = typer.Option(False, "--debug", help="show full tracebacks (and Prefect's) instead of one line"),
+) -> None:
+    _options["debug"] = debug
+
+
+class _DropTraceback(logging.Filter):
+    """Keeps a log record's message and drops its traceback: the CLI reports the error itself, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+_DROP_TRACEBACK = _DropTraceback()
 
 
 def _offline_defaults() -> None:
@@ -27,32 +101,42 @@ def _offline_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's INFO chatter drowns the flow's counts
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "pipeline")  # in-task retries reach the run's log
+    for name in ("prefect.flow_runs", "prefect.task_runs"):  # a failed flow and its parent each log a traceback
+        if _options["debug"]:
+            logging.getLogger(name).removeFilter(_DROP_TRACEBACK)
+        else:
+            logging.getLogger(name).addFilter(_DROP_TRACEBACK)
 
 
-def _load_or_exit(path: Path):
+def _checked_manifest(path: Path):
+    """The manifest at ``path``, validated and checked against this machine (:mod:`pipeline.preflight`)."""
     from pipeline.manifest import ManifestError, load_manifest
+    from pipeline.preflight import preflight
 
-    try:
-        return load_manifest(path)
-    except ManifestError as err:
-        err_console.print(f"[bold red]{err.source}[/]: {len(err.problems)} problem(s)")
-        for line in err.problems:
-            err_console.print(f"  {line}")
-        raise typer.Exit(code=2) from None
+    manifest = load_manifest(path)
+    problems = preflight(manifest)
+    if problems:
+        raise ManifestError(str(path), problems)
+    return manifest
 
 
 def _require_archive(store: str) -> None:
     from pipeline.store import archive_exists
 
     if not archive_exists(store):
-        err_console.print(f"[bold red]error:[/] {store}: not a softcon archive")
-        raise typer.Exit(code=1)
+        raise BadInput(f"{store}: no softcon archive there; check the path (softcon curate MANIFEST creates one)")
 
 
 @app.command()
 def validate(manifest: Path = typer.Argument(..., help="data_manifest.yaml to check")) -> None:
-    """Check a manifest; print every problem with its key path and exit 2 if there is any."""
-    m = _load_or_exit(manifest)
+    """Check a manifest, and that it can run here; print every problem with its key path, exit 2 if any.
+
+    Also checks the store's folder, local source files, city table, training config and Earth Engine credentials.
+
+    Example: softcon validate data_manifest.yaml
+    """
+    m = _checked_manifest(manifest)
     sel = m.modalities.selected()
     console.print(f"[green]OK[/] {manifest}: '{m.name}' v{m.version}, source {m.source.kind}, "
                   f"{m.sampling.n_locations} locations × {len(m.seasons.reference_dates)} seasons, "
@@ -67,20 +151,24 @@ def curate(
     retry_failed: bool = typer.Option(False, help="also retry patches that failed in an earlier run"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """Build (or resume) the Zarr archive described by MANIFEST with the Prefect curation flow."""
-    _offline_defaults()
-    _load_or_exit(manifest)
-    from flows.curate import curate_manifest
-    from pipeline.sources import SourceError
-    from pipeline.store import ArchiveError
+    """Build (or resume) the Zarr archive described by MANIFEST with the Prefect curation flow.
 
-    try:
-        summary = curate_manifest(str(manifest), dask_address=dask_address, retry_failed=retry_failed,
-                               show_progress=progress and sys.stderr.isatty())
-    except (ArchiveError, SourceError, NotImplementedError, ValueError) as err:
-        err_console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(code=1) from None
+    The checks of `softcon validate` run first: nothing is started when one fails.
+
+    Example: softcon curate data_manifest.yaml
+    """
+    _offline_defaults()
+    _checked_manifest(manifest)
+    from flows.curate import curate_manifest
+
+    summary = curate_manifest(str(manifest), dask_address=dask_address, retry_failed=retry_failed,
+                              show_progress=progress and sys.stderr.isatty())
     _print_summary(summary)
+    retryable = summary["this_run"]["retryable"]
+    if retryable:
+        reasons = ", ".join(f"{k} ×{v}" for k, v in summary["this_run"]["failure_reasons"].items())
+        raise RunFailed(f"{retryable} patches failed after their retries ({reasons}); they are recorded in the "
+                        f"archive: rerun with --retry-failed to try them again")
 
 
 @app.command()
@@ -88,7 +176,10 @@ def inspect(
     store: str = typer.Argument(..., help="archive path or fsspec URL"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Summarise an archive: patch counts, failures, class frequencies."""
+    """Summarise an archive: patch counts, failures, class frequencies.
+
+    Example: softcon inspect output/ssl4eo_s12_ml_mini.zarr
+    """
     from pipeline.labels import label_summary, summary_statistics
     from pipeline.store import summarize
 
@@ -118,6 +209,8 @@ def _print_summary(s: dict) -> None:
         r = s["this_run"]
         console.print(f"this run: {r['shards']} shards, {r['done']} patches done, {r['failed']} failed "
                       f"in {r['seconds']} s; pretraining: {s.get('pretraining')}")
+        if r.get("failure_reasons"):
+            console.print("failed this run: " + ", ".join(f"{k} ×{v}" for k, v in r["failure_reasons"].items()))
     if "report" in s:
         console.print(f"report (plots, summary.json): {s['report']}")
 
@@ -128,11 +221,15 @@ def locations(
     out: Path = typer.Option(Path("locations.parquet"), help="GeoParquet to write"),
     plot: Optional[Path] = typer.Option(None, help="also write a map of the locations (PNG)"),
 ) -> None:
-    """Sample the manifest's locations only (GeoParquet and an optional map)."""
+    """Sample the manifest's locations only (GeoParquet and an optional map).
+
+    Example: softcon locations data_manifest.yaml --out locations.parquet --plot locations.png
+    """
+    from pipeline.manifest import load_manifest
     from pipeline.sampling import (
         load_cities, locations_to_geodataframe, plot_locations, sample_locations, write_locations)
 
-    m = _load_or_exit(manifest)
+    m = load_manifest(manifest)
     gdf = locations_to_geodataframe(sample_locations(m.sampling, m.patch), m.patch)
     write_locations(gdf, out)
     console.print(f"{len(gdf)} locations → {out}")
@@ -155,18 +252,17 @@ def evaluate(
     baselines: bool = typer.Option(True, help="add the random-init and raw-pixel baselines"),
     resize_to: Optional[int] = typer.Option(None, help="resize inputs, e.g. 224 for ViTs"),
 ) -> None:
-    """Compare checkpoints on a downstream task: linear probe, kNN, retrieval, fine-tuning."""
+    """Compare checkpoints on a downstream task: linear probe, kNN, retrieval, fine-tuning.
+
+    Example: softcon evaluate runs/softcon-mini pixels --task archive --opt store=output/ssl4eo_s12_ml_mini.zarr
+    """
     _offline_defaults()
     from train.evaluate.run import evaluate as run_evaluation
     from train.evaluate.run import parse_task_options
 
-    try:
-        results = run_evaluation(checkpoints, task, parse_task_options(opt), protocols=tuple(protocol), out_dir=out,
-                                 fraction=fraction, seed=seed, device=device, baselines=baselines,
-                                 resize_to=resize_to)
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        err_console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(code=1) from None
+    results = run_evaluation(checkpoints, task, parse_task_options(opt), protocols=tuple(protocol), out_dir=out,
+                             fraction=fraction, seed=seed, device=device, baselines=baselines,
+                             resize_to=resize_to)
     md = Path(out) / "results.md"
     console.print(md.read_text() if md.exists() else results)
 
@@ -178,14 +274,17 @@ def import_labels(
     overwrite: bool = typer.Option(True, help="allow replacing labels of an earlier import"),
 ) -> None:
     """Write the published SSL4EO-S12-ML multi-labels into an archive's multi_hot, matched by location
-    and S2 L1C image id. Recomputing labels or curating more patches replaces them: import again after."""
+    and S2 L1C image id. Recomputing labels or curating more patches replaces them: import again after.
+
+    Example: softcon import-labels ssl4eo-s12-ml.json.gz output/ssl4eo_s12_ml_mini.zarr
+    """
     from pipeline.published_labels import PublishedLabelsError, format_report, import_published_labels
 
+    _require_archive(store)
     try:
         report = import_published_labels(labels_json, store, overwrite=overwrite)
     except PublishedLabelsError as err:
-        err_console.print(f"[bold red]{labels_json}[/]: {err}")
-        raise typer.Exit(code=2) from None
+        raise BadInput(f"{labels_json}: {err}") from err
     console.print(format_report(report))
 
 
@@ -199,7 +298,10 @@ def labels(
     batch_patches: int = typer.Option(256, help="patches per written region"),
 ) -> None:
     """Recompute label_fraction and multi_hot of every done patch from its Dynamic World maps (Dask
-    over the archive's shards), e.g. with another presence threshold or after an import-labels."""
+    over the archive's shards), e.g. with another presence threshold or after an import-labels.
+
+    Example: softcon labels output/ssl4eo_s12_ml_mini.zarr --presence-threshold 0.05
+    """
     from pipeline.labels import relabel_archive
     from pipeline.progress import progress_bar
 
@@ -212,9 +314,8 @@ def labels(
                 bar.update(task, completed=done, total=total)
 
             counts = relabel_archive(store, presence_threshold, min_valid_fraction, batch_patches, on_region=advance)
-    except ValueError as err:
-        err_console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(code=2) from None
+    except ValueError as err:  # a threshold out of range
+        raise BadInput(str(err)) from err
     console.print(f"{store}: {counts['patches_done']} done patches relabelled "
                   f"(presence threshold {counts['presence_threshold']}, min valid fraction "
                   f"{counts['min_valid_fraction']}): {counts['patch_seasons_labelled']} labelled, "
@@ -230,23 +331,23 @@ def pretrain(
     epochs: Optional[int] = typer.Option(None, help="override the number of epochs"),
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """Pretrain a backbone on an archive (SoftCon by default). Under torchrun it runs DDP."""
+    """Pretrain a backbone on an archive (SoftCon by default). Under torchrun it runs DDP.
+
+    Example: softcon pretrain configs/pretrain_mini.yaml
+    """
     _offline_defaults()
     from pydantic import ValidationError
 
     from train.pretrain import run_pretraining
 
+    if not config.is_file():
+        raise BadInput(f"{config}: training config not found")
     try:
         summary = run_pretraining(config, archive=archive, resume=resume, epochs=epochs,
                                   progress=progress and sys.stderr.isatty())
     except ValidationError as err:
-        err_console.print(f"[bold red]{config}[/]: invalid training config")
-        for e in err.errors():
-            err_console.print(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
-        raise typer.Exit(code=2) from None
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        err_console.print(f"[bold red]error:[/] {err}")
-        raise typer.Exit(code=1) from None
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise BadInput(f"{config}: invalid training config: {problems}") from err
     if summary["rank"] != 0:
         return
     losses = summary["losses"]
@@ -263,10 +364,17 @@ def stats(
     out: Path = typer.Option(Path("stats.json"), help="JSON file to write the per-band statistics to"),
     max_patches: Optional[int] = typer.Option(None, help="use at most this many done patches"),
 ) -> None:
-    """Per-band mean and std of an archive's modality (for normalisation), written as JSON."""
-    from train.data import compute_archive_statistics, save_statistics
-    from pipeline.store import open_group
+    """Per-band mean and std of an archive's modality (for normalisation), written as JSON.
 
+    Example: softcon stats output/ssl4eo_s12_ml_mini.zarr --modality s2_l1c --out stats.json
+    """
+    from pipeline.bands import MODALITY_BANDS
+    from pipeline.store import open_group
+    from train.data import compute_archive_statistics, save_statistics
+
+    if modality not in MODALITY_BANDS:
+        raise BadInput(f"--modality {modality}: unknown modality; choose one of {', '.join(MODALITY_BANDS)}")
+    _require_archive(store)
     mean, std = compute_archive_statistics(store, modality, max_patches=max_patches)
     bands = list(open_group(store, "r").attrs["band_names"][modality])
     save_statistics(out, modality, bands, mean, std)

@@ -109,7 +109,11 @@ def pending_shards(manifest: Manifest, layout: ArchiveLayout, retry_failed: bool
 
 
 def fetch_with_retries(source: Source, location, window, grid, modalities, retries: int, base_delay: float):
-    """Call ``source.fetch``; on :class:`TransientSourceError` retry with exponential backoff and jitter."""
+    """Call ``source.fetch``; on :class:`TransientSourceError` retry with exponential backoff and jitter.
+
+    Each retry is logged (warning, so it reaches the flow run's log); after ``retries`` retries the
+    last error is raised.
+    """
     attempt = 0
     while True:
         try:
@@ -118,10 +122,19 @@ def fetch_with_retries(source: Source, location, window, grid, modalities, retri
             if attempt >= retries:
                 raise
             delay = base_delay * (2 ** attempt) * (0.5 + random.random())
-            log.info("transient error for patch %s season %d (%s); retry %d in %.1fs",
-                     location.id, window.season, err, attempt + 1, delay)
+            log.warning("transient error for patch %s season %d (%s); retry %d of %d in %.1fs",
+                        location.id, window.season, err, attempt + 1, retries, delay)
             time.sleep(delay)
             attempt += 1
+
+
+RETRYABLE_REASONS = ("TransientSourceError", "ShardFailed")
+"""Failure reasons (their prefix) that a rerun with ``--retry-failed`` may fix: the source kept
+failing transiently, or the whole shard task failed. Other reasons are facts about the data."""
+
+
+def is_retryable(reason: str) -> bool:
+    return str(reason).startswith(RETRYABLE_REASONS)
 
 
 def process_patch(source: Source, manifest: Manifest, location: Location) -> PatchResult:
@@ -142,8 +155,10 @@ def process_patch(source: Source, manifest: Manifest, location: Location) -> Pat
         try:
             sample = fetch_with_retries(source, location, w, grid, modalities,
                                         manifest.compute.retries, manifest.compute.retry_delay_s)
-        except TransientSourceError:
-            raise  # the caller (a retried task) decides
+        except TransientSourceError as err:
+            return PatchResult(location.index, STATUS_FAILED,
+                               f"TransientSourceError: season {w.season}: still failing after "
+                               f"{manifest.compute.retries} retries: {err}")
         except SourceError as err:
             return PatchResult(location.index, STATUS_FAILED, f"{type(err).__name__}: season {w.season}: {err}")
         for name, bands in modalities.items():
@@ -179,6 +194,8 @@ class ShardSummary:
     skipped: int
     seconds: float
     reasons: list[str]
+    retryable: int = 0
+    """Failed patches whose reason a rerun with ``--retry-failed`` may fix (see :func:`is_retryable`)."""
 
 
 def process_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locations: list[Location],
@@ -210,4 +227,26 @@ def process_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locatio
         skipped=int((~wanted).sum()),
         seconds=time.perf_counter() - t0,
         reasons=[r.reason for r in results if r.status == STATUS_FAILED],
+        retryable=sum(r.status == STATUS_FAILED and is_retryable(r.reason) for r in results),
     )
+
+
+def mark_shard_failed(manifest: Manifest, layout: ArchiveLayout, shard: int, error: BaseException) -> int:
+    """Record the patches of a shard whose task failed as failed (reason ``ShardFailed: …``).
+
+    Only patches still to do are marked: what the task had written stays. Returns how many were marked.
+    Called once the shard's task has ended, so no other writer touches the shard's status chunk.
+    """
+    group = open_group(manifest.store.path, "r+", manifest.store.storage_options or None)
+    sl = layout.shard_slice(shard)
+    status = group["status"][sl]
+    todo = status == STATUS_TODO
+    if not todo.any():
+        return 0
+    reasons = group["status_reason"][sl]
+    message = f"ShardFailed: {type(error).__name__}: {error}".replace("\n", " ")[:500]
+    reasons[todo] = message
+    status[todo] = STATUS_FAILED
+    group["status_reason"][sl] = reasons
+    group["status"][sl] = status
+    return int(todo.sum())

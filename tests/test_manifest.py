@@ -100,3 +100,66 @@ def test_credentials_never_stored_or_hashed():
     assert secret not in repr(m)
     other = Manifest(source={"kind": "earthengine", "earthengine": {"project": "p", "service_account_key": "/x"}})
     assert m.content_hash() == other.content_hash()
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_impossible_date_names_its_key(tmp_path):
+    """YAML would build a date and fail on 2021-02-30 without saying where: the key path is named."""
+    path = _write(tmp_path, "seasons:\n  reference_dates: [2021-03-20, 2021-02-30]\n")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert [p.split(":")[0] for p in info.value.problems] == ["seasons.reference_dates.1"]
+    tagged = _write(tmp_path, "seasons:\n  reference_dates: [!!timestamp 2021-02-30]\n")
+    with pytest.raises(ManifestError, match="day is out of range"):
+        load_manifest(tagged)
+    m = load_manifest(_write(tmp_path, "seasons:\n  reference_dates: [2021-03-20, 2020-12-21]\n"))
+    assert m.seasons.reference_dates == [dt.date(2021, 3, 20), dt.date(2020, 12, 21)]
+
+
+def test_binary_manifest_is_one_problem(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert len(info.value.problems) == 1 and "not a text file" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n# and another\n"])
+def test_empty_manifest_is_refused(tmp_path, text):
+    """An empty file would otherwise curate the full 251,079-location default dataset."""
+    with pytest.raises(ManifestError, match="empty manifest"):
+        load_manifest(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("key, value", [("n_locations", True), ("sigma_km", True), ("seed", False),
+                                        ("n_locations", 12.0)])
+def test_numbers_are_not_coerced_from_bools(key, value):
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({"sampling": {key: value}})
+    assert any(p.startswith(f"sampling.{key}:") for p in info.value.problems), info.value.problems
+    m = parse_manifest({"sampling": {"sigma_km": 50, "n_locations": 7}, "compute": {"retry_delay_s": 0}})
+    assert m.sampling.sigma_km == 50.0 and isinstance(m.sampling.sigma_km, float) and m.sampling.n_locations == 7
+
+
+@pytest.mark.parametrize("path", ["", "   "])
+def test_empty_store_path_is_refused(path):
+    """An empty store path would resolve to the manifest's own folder."""
+    with pytest.raises(ManifestError) as info:
+        parse_manifest({"store": {"path": path}})
+    assert info.value.problems[0].startswith("store.path: empty path")
+
+
+def test_hash_ignores_synthetic_fail_rate():
+    """fail_rate only injects transient errors that retries absorb: the archive's content is the same."""
+    a = Manifest(source={"synthetic": {"fail_rate": 0.0}})
+    b = Manifest(source={"synthetic": {"fail_rate": 0.3}})
+    assert a.content_hash() == b.content_hash()
+    assert a.content_hash() != Manifest(source={"synthetic": {"seed": 5}}).content_hash()
+
+
+def test_manifest_error_is_bad_input():
+    from pipeline.errors import BadInput
+
+    with pytest.raises(BadInput) as info:
+        parse_manifest({"colour": "blue"})
+    assert info.value.problems == ["colour: unknown key"]

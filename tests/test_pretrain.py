@@ -156,3 +156,25 @@ def test_keep_freed_memory_is_accepted_by_glibc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["True", "True"]
+
+
+def test_fresh_run_never_overwrites_a_run_or_a_users_folder(archive, tmp_path):
+    """Issue 10.1 (audit): a fresh run refuses a folder holding a run or other files; nothing changes."""
+    from pipeline.errors import BadInput
+
+    cfg = config(archive, tmp_path / "done", epochs=1, max_steps_per_epoch=1)
+    run_pretraining(cfg, progress=False)
+    before = {p: p.read_bytes() for p in (tmp_path / "done").rglob("*") if p.is_file()}
+    with pytest.raises(BadInput, match="already holds a run; continue it with --resume"):
+        run_pretraining(cfg, progress=False)
+    assert {p: p.read_bytes() for p in (tmp_path / "done").rglob("*") if p.is_file()} == before
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("keep me")
+    with pytest.raises(BadInput, match="not a run folder"):
+        run_pretraining(config(archive, users, epochs=1, max_steps_per_epoch=1), progress=False)
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    started = tmp_path / "started"  # an earlier start of ours that died before its first checkpoint
+    started.mkdir()
+    (started / "config.yaml").write_text("seed: 0\n")
+    assert run_pretraining(config(archive, started, epochs=1, max_steps_per_epoch=1), progress=False)["finished"]

@@ -24,6 +24,7 @@ from pipeline import curate as steps
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
 from pipeline.manifest import Manifest
+from pipeline.sources import build_source
 from pipeline.sources.earthengine import EarthEngineSource
 from pipeline.sources.ssl4eo_local import SSL4EOLocalSource
 from pipeline.store import MODALITY_ORDER, STATUS_DONE, STATUS_FAILED, date_to_days
@@ -38,7 +39,7 @@ EEException = ee.ee_exception.EEException
 
 # --------------------------------------------------------------------------------------- local copy
 LOC_ID = "0000200"
-SEASON_FOLDERS = {  # acquisition folders of 0000200 in time order = seasons 0, 1
+SEASON_FOLDERS = {  # acquisition folders of 0000200 for the seasons 06-21 (0) and 09-22 (1), in time order
     "s2_l1c": ("s2c", ["20200604T054639_20200604T054831_T43RCP", "20200823T054639_20200823T055618_T43RCP"]),
     "s2_l2a": ("s2a", ["20200604T054639_20200604T054831_T43RCP", "20200813T054639_20200813T054952_T43RCP"]),
     "s1_grd": ("s1", ["S1A_IW_GRDH_1SDV_20200607T010800_20200607T010825_032904_03CFBA_D457",
@@ -70,7 +71,10 @@ def rasterio_band(path: Path, size: int = 264) -> np.ndarray:
 
 def test_local_copy_through_curation_equals_rasterio(local_root, tmp_path):
     m = local_manifest(local_root, tmp_path / "local.zarr", ["2021-06-21", "2021-09-22"])
-    g = curate_all(m, SSL4EOLocalSource(local_root, resampling=m.patch.resampling))
+    source = build_source(m)  # the manifest's reference dates reach the reader
+    assert isinstance(source, SSL4EOLocalSource)
+    assert source.reference_dates == (dt.date(2021, 6, 21), dt.date(2021, 9, 22))
+    g = curate_all(m, source)
     assert [str(p) for p in g["patch_id"][:]] == [LOC_ID]
     assert g["status"][:].tolist() == [STATUS_DONE] and g["status_reason"][0] == ""
     assert g["s2_l1c"].shape == (1, 2, 13, 264, 264) and g.attrs["source"]["name"] == "ssl4eo_local"
@@ -98,11 +102,16 @@ def test_local_copy_through_curation_equals_rasterio(local_root, tmp_path):
 
 
 def test_local_copy_with_more_seasons_than_on_disk_fails_the_patch(local_root, tmp_path):
+    # Two acquisitions per modality, three seasons: the one-to-one assignment of least total distance
+    # puts June in 06-21 and August/September in 09-22, so 03-20 (season 0) is left empty; the first
+    # modality read (L1C) reports it, naming the season and the location folder.
     m = local_manifest(local_root, tmp_path / "local3.zarr", ["2021-03-20", "2021-06-21", "2021-09-22"])
-    g = curate_all(m, SSL4EOLocalSource(local_root))
+    g = curate_all(m, build_source(m))
     assert g["status"][:].tolist() == [STATUS_FAILED]
     reason = str(g["status_reason"][0])
-    assert reason.startswith("NoImageFound: season 2") and LOC_ID in reason
+    assert reason.startswith("NoImageFound: season 0"), reason
+    assert "season 0 (reference 2021-03-20)" in reason and str(local_root / "s2c" / LOC_ID) in reason
+    assert "none left for this one" in reason
 
 
 # --------------------------------------------------------------------------------------- Earth Engine

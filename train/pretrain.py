@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.errors import BadInput
 from pipeline.progress import progress_bar
 from train.cpu_memory import keep_freed_memory
 from train.data import ArchiveDataset, Normalizer, build_dataloader
@@ -320,6 +321,26 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    """Refuse to start a fresh run where it would write over something (:class:`BadInput`).
+
+    A fresh run may use a folder that does not exist, is empty, or holds only the start of an
+    earlier run of ours that never reached its first checkpoint (its ``config.yaml`` and logs). A
+    folder with checkpoints or an exported backbone is continued with ``--resume``, never overwritten;
+    a folder with other content is not a run folder at all.
+    """
+    if resume or not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise BadInput(f"output_dir: {output_dir} is a file, not a run folder; choose another output_dir")
+    if latest_checkpoint(output_dir) is not None or (output_dir / "backbone.safetensors").exists():
+        raise BadInput(f"output_dir: {output_dir} already holds a run; continue it with --resume "
+                       "or choose a new output_dir (nothing was changed)")
+    if any(output_dir.iterdir()) and not (output_dir / "config.yaml").is_file():
+        raise BadInput(f"output_dir: {output_dir} is not empty and is not a run folder; refusing to write "
+                       "there: choose a new output_dir")
+
+
 # --------------------------------------------------------------------------- the run
 class PretrainModel(nn.Module):
     """The branches of a run: one (shared) for same-modality views, two for cross-modal views.
@@ -400,6 +421,7 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
     if device.type == "cpu" and cfg.cpu_keep_freed_memory:
         keep_freed_memory()
     out = Path(cfg.output_dir)
+    check_output_dir(out, resume)
     ckpt_dir = out / "checkpoints"
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,9 @@ def build_source(manifest: Manifest) -> Source:
         from pipeline.sources.ssl4eo_local import SSL4EOLocalSource
 
         opts = manifest.source.local
-        return SSL4EOLocalSource(opts.root, opts.labels, resampling=manifest.patch.resampling)
+        # The seasons are assigned by the manifest's reference dates (see pipeline.sources.ssl4eo_local).
+        return SSL4EOLocalSource(opts.root, opts.labels, resampling=manifest.patch.resampling,
+                                 reference_dates=manifest.seasons.reference_dates)
     if kind == "earthengine":
         from pipeline.manifest import EarthEngineSourceOptions
         from pipeline.sources.earthengine import EarthEngineSource

@@ -64,9 +64,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
 import ee
+import google.auth
+import google.auth.exceptions
 import numpy as np
 
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES, S2_NATIVE_RESOLUTION_M
+from pipeline.errors import BadInput
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location
 from pipeline.manifest import EarthEngineSourceOptions
@@ -100,8 +103,53 @@ _EE_RESAMPLING = {"nearest": None, "bilinear": "bilinear", "cubic": "bicubic"}
 _S2_MODALITIES = ("s2_l1c", "s2_l2a")
 
 
-class EarthEngineAuthError(RuntimeError):
-    """Earth Engine could not be initialised. The message never holds the key's path or content."""
+#: What to do when Earth Engine cannot authenticate (ends every :class:`EarthEngineAuthError` message).
+AUTH_HELP = (f"run `earthengine authenticate`, or set {KEY_ENV_VAR} (or source.earthengine.service_account_key) "
+             "to a service-account JSON key file")
+
+
+class EarthEngineAuthError(BadInput):
+    """Earth Engine could not be initialised: a configuration problem (the CLI exits with code 2).
+
+    The message says what to do and never holds the key's path or content.
+    """
+
+
+def key_path(options: EarthEngineSourceOptions) -> tuple[str | None, str]:
+    """The service-account key file to use (None: the stored user credentials) and where it was named."""
+    if options.service_account_key:
+        return options.service_account_key, "source.earthengine.service_account_key"
+    env = os.environ.get(KEY_ENV_VAR)
+    if env:
+        return env, f"the {KEY_ENV_VAR} environment variable"
+    return None, "the stored user credentials"
+
+
+def _service_account_credentials(path: str, where: str) -> Any:
+    try:
+        return ee.ServiceAccountCredentials(None, key_file=path)
+    except Exception as err:  # noqa: BLE001 - the original message may quote the key or its path
+        raise EarthEngineAuthError(
+            f"could not load the Earth Engine service-account key named by {where} ({type(err).__name__}); "
+            f"check that it is a readable JSON key file, or {AUTH_HELP}") from None
+
+
+def check_credentials(options: EarthEngineSourceOptions) -> None:
+    """Raise :class:`EarthEngineAuthError` when no credentials can be found. Offline: a service-account key
+    is loaded, stored user credentials are only looked up (Earth Engine checks them when the run starts)."""
+    path, where = key_path(options)
+    if path:
+        _service_account_credentials(path, where)
+        return
+    try:
+        if ee.oauth.get_credentials_arguments().get("refresh_token"):
+            return  # what `earthengine authenticate` stores
+    except (OSError, ValueError):
+        pass  # no (readable) stored credentials: Earth Engine falls back to Google's default credentials
+    try:
+        google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError:
+        raise EarthEngineAuthError(f"no Earth Engine credentials found: {AUTH_HELP}") from None
 
 
 # ----------------------------------------------------------------------------------------------- requests
@@ -513,12 +561,7 @@ class EarthEngineSource:
 
     # ------------------------------------------------------------------ authentication
     def _key_path(self) -> tuple[str | None, str]:
-        if self.options.service_account_key:
-            return self.options.service_account_key, "source.earthengine.service_account_key"
-        env = os.environ.get(KEY_ENV_VAR)
-        if env:
-            return env, f"the {KEY_ENV_VAR} environment variable"
-        return None, "the stored user credentials"
+        return key_path(self.options)
 
     def _auth_kind(self) -> str:
         return "service_account" if self._key_path()[0] else "user"
@@ -531,25 +574,21 @@ class EarthEngineSource:
         with self._init_lock:
             if self._initialized:
                 return
-            key_path, where = self._key_path()
+            path, where = self._key_path()
             project = self.options.project
             secrets: list[str] = []
             credentials: Any = "persistent"
-            if key_path:
-                secrets = _secret_strings(key_path)
-                try:
-                    credentials = ee.ServiceAccountCredentials(None, key_file=key_path)
-                except Exception as err:  # noqa: BLE001 - the original message may quote the key or its path
-                    raise EarthEngineAuthError(
-                        f"could not load the Earth Engine service-account key named by {where} "
-                        f"({type(err).__name__}); check that it is a readable JSON key file") from None
+            if path:
+                secrets = _secret_strings(path)
+                credentials = _service_account_credentials(path, where)
                 project = project or getattr(credentials, "project_id", None)
             try:
                 ee.Initialize(credentials, project=project)
             except Exception as err:  # noqa: BLE001
                 raise EarthEngineAuthError(
                     f"Earth Engine initialisation failed ({self._auth_kind()} credentials from {where}, "
-                    f"project={project!r}): {type(err).__name__}: {_redact(str(err), secrets)}") from None
+                    f"project={project!r}): {type(err).__name__}: {_redact(str(err), secrets)}; "
+                    f"{AUTH_HELP}") from None
             ee.data.setMaxRetries(0)  # retries are ours (see the module docstring)
             if self.request_timeout_s:
                 ee.data.setDeadline(int(self.request_timeout_s * 1000))
