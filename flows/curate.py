@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -78,6 +79,16 @@ def prepare_archive(manifest: Manifest) -> tuple[list[Location], ArchiveLayout]:
     return locations, layout
 
 
+def _task_logger():
+    """The Prefect run logger inside a task, this module's logger outside one."""
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
 @contextlib.contextmanager
 def source_slot(manifest: Manifest, shard: int):
     """Hold one lease of the cluster-wide ``distributed.Semaphore`` of the manifest's source."""
@@ -90,13 +101,14 @@ def source_slot(manifest: Manifest, shard: int):
         return
     limit = manifest.compute.source_concurrency
     semaphore = Semaphore(max_leases=limit, name=_source_limit_name(manifest))
+    logger = _task_logger()
     t0 = time.monotonic()
     while not semaphore.acquire(timeout=SLOT_WAIT_LOG_S):
-        get_run_logger().warning("shard %d: waiting for a slot of %s (all %d in use) for %.0f s",
-                                 shard, _source_limit_name(manifest), limit, time.monotonic() - t0)
+        logger.warning("shard %d: waiting for a slot of %s (all %d in use) for %.0f s",
+                       shard, _source_limit_name(manifest), limit, time.monotonic() - t0)
     waited = time.monotonic() - t0
     if waited >= SLOT_WAIT_LOG_S:
-        get_run_logger().info("shard %d: got a source slot after %.0f s", shard, waited)
+        logger.info("shard %d: got a source slot after %.0f s", shard, waited)
     try:
         yield
     finally:

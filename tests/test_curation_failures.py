@@ -147,3 +147,44 @@ def test_cli_exits_1_naming_the_failures_then_retry_failed_finishes(tmp_path):
     log2 = tmp_path / "retry.log"
     assert start_curate(manifest, env, log2, "--retry-failed").wait(timeout=300) == 0, log2.read_text()[-3000:]
     assert (zarr.open_group(str(store), mode="r")["status"][:] == STATUS_DONE).all()
+
+
+def test_a_shard_waiting_for_a_source_slot_says_so(monkeypatch):
+    """The cluster-wide source limit: a shard task that finds every slot taken logs that it waits,
+    and for how long, then runs once the slot is released."""
+    import logging
+
+    from distributed import Client, LocalCluster, Semaphore
+
+    import flows.curate as flow_module
+    from pipeline.manifest import Manifest
+
+    monkeypatch.setattr(flow_module, "SLOT_WAIT_LOG_S", 0.3)
+    manifest = Manifest.model_validate({"compute": {"source_concurrency": 1}})
+    messages: list[str] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    recorder = Recorder(level=logging.INFO)
+    module_logger = logging.getLogger("flows.curate")
+    module_logger.addHandler(recorder)
+    monkeypatch.setattr(module_logger, "level", logging.INFO)
+
+    def shard_task():
+        with flow_module.source_slot(manifest, 3):
+            return "ran"
+
+    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        other_run = Semaphore(max_leases=1, name="softcon-source-synthetic")
+        assert other_run.acquire(timeout=5)
+        fut = client.submit(shard_task, pure=False)
+        time.sleep(1.5)
+        assert not fut.done()  # the only slot is taken
+        other_run.release()
+        assert fut.result(timeout=30) == "ran"
+    module_logger.removeHandler(recorder)
+    assert "shard 3: waiting for a slot of softcon-source-synthetic (all 1 in use) for 0 s" in messages
+    assert any(m.startswith("shard 3: got a source slot after") for m in messages)
