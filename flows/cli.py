@@ -17,6 +17,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
@@ -176,7 +177,7 @@ def inspect(
     store: str = typer.Argument(..., help="archive path or fsspec URL"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Summarise an archive: patch counts, failures, class frequencies.
+    """Summarise an archive: patch counts, failures, class frequencies, the train/val/test split.
 
     Example: softcon inspect output/ssl4eo_s12_ml_mini.zarr
     """
@@ -185,6 +186,7 @@ def inspect(
 
     _require_archive(store)
     summary = summarize(store) | label_summary(summary_statistics(store))
+    summary["split"] = _split_summary(store)
     if as_json:
         console.print_json(json.dumps(summary))
     else:
@@ -213,6 +215,72 @@ def _print_summary(s: dict) -> None:
             console.print("failed this run: " + ", ".join(f"{k} ×{v}" for k, v in r["failure_reasons"].items()))
     if "report" in s:
         console.print(f"report (plots, summary.json): {s['report']}")
+    if "split" in s:
+        console.print(escape(_split_line(s["split"])))
+    if s.get("label_provenance"):
+        console.print(escape(f"label provenance: {_plain(s['label_provenance'])}"))
+
+
+def _split_summary(store: str) -> dict | None:
+    """The archive's split record, None without a split, or ``{"error": …}`` when it is damaged."""
+    from pipeline.split import read_split
+    from pipeline.store import ArchiveError
+
+    try:
+        found = read_split(store)
+    except ArchiveError as err:
+        return {"error": _one_line(str(err))}
+    return None if found is None else found[1]
+
+
+def _split_line(record: dict | None) -> str:
+    """One line for a split record (see :mod:`pipeline.split`)."""
+    if record is None:
+        return "split: none (softcon split STORE writes one)"
+    if "error" in record:
+        return f"split: damaged: {record['error']}"
+    counts = record.get("counts", {})
+    total = sum(counts.values()) or 1
+    shares = ", ".join(f"{name} {n} ({n / total:.1%})" for name, n in counts.items())
+    grid = f", grid {record['grid_km']:g} km" if "grid_km" in record else ""
+    return (f"split: by {record.get('by')}, seed {record.get('seed')}{grid} (targets val {record.get('val')}, "
+            f"test {record.get('test')}): {shares}; hash {str(record.get('hash'))[:16]}")
+
+
+def _plain(value) -> str:
+    """A summary value as one line: ``key value`` pairs for a mapping (nested values as compact JSON)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v if isinstance(v, (str, int, float)) else json.dumps(v, separators=(',', ':'))}"
+                         for k, v in value.items())
+    return str(value)
+
+
+@app.command()
+def split(
+    store: str = typer.Argument(..., help="archive path or fsspec URL"),
+    by: str = typer.Option("city", help="unit kept whole: city (the sampling city) | grid (coarse grid cells)"),
+    val: float = typer.Option(0.1, help="target share of locations in val"),
+    test: float = typer.Option(0.2, help="target share of locations in test"),
+    seed: int = typer.Option(0, help="seed of the shuffle of the units"),
+    grid_km: float = typer.Option(100.0, "--grid-km",
+                                  help="grid cell size in km (by grid; by city: locations without a city)"),
+) -> None:
+    """Rewrite the archive's train/val/test split by location, keeping whole cities (or grid cells) in
+    one split; print the realised counts and the split's hash. Curation writes the default split.
+
+    Example: softcon split output/ssl4eo_s12_ml_mini.zarr --by grid --grid-km 100 --seed 1
+    """
+    from pipeline.split import check_split_arguments, write_split
+    from pipeline.store_target import archive_lock
+
+    check_split_arguments(by, val, test, seed, grid_km)
+    _require_archive(store)
+    with archive_lock(store):  # not while a curation writes the archive
+        record = write_split(store, by=by, val=val, test=test, seed=seed, grid_km=grid_km)
+    units = ", ".join(f"{name} {n}" for name, n in record["units"].items())
+    kind = "grid cells" if by == "grid" else "cities and grid cells" if "grid_km" in record else "cities"
+    console.print(escape(f"{store}: {_split_line(record)[len('split: '):]}"))
+    console.print(escape(f"units ({kind}): {units}; hash {record['hash']}"))
 
 
 @app.command()
@@ -244,13 +312,17 @@ def evaluate(
     checkpoints: list[str] = typer.Argument(..., help="run folders, weight files, 'random:<arch>' or 'pixels'"),
     task: str = typer.Option(..., help="archive | bigearthnet_v1 | bigearthnet_v2 | eurosat"),
     opt: list[str] = typer.Option([], help="task reader option key=value, repeatable (e.g. store=..., root=...)"),
-    protocol: list[str] = typer.Option(["linear", "knn", "retrieval"], help="linear | knn | retrieval | finetune"),
+    protocol: list[str] = typer.Option(["linear", "logistic", "knn", "retrieval"], help="linear (AdamW probe) | logistic (C chosen on val, refit on train+val) | knn | retrieval | finetune"),
     fraction: Optional[float] = typer.Option(None, help="training subset, e.g. 0.1 for BigEarthNet-10%"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("output/eval"), help="folder for results.json, results.md and plots"),
     device: str = typer.Option("auto"),
     baselines: bool = typer.Option(True, help="add the random-init and raw-pixel baselines"),
     resize_to: Optional[int] = typer.Option(None, help="resize inputs, e.g. 224 for ViTs"),
+    allow_overlap: bool = typer.Option(
+        False, "--allow-overlap",
+        help="archive task: evaluate a checkpoint trained on patches of the test split (refused otherwise; "
+             "the report then warns in bold)"),
 ) -> None:
     """Compare checkpoints on a downstream task: linear probe, kNN, retrieval, fine-tuning.
 
@@ -262,7 +334,7 @@ def evaluate(
 
     results = run_evaluation(checkpoints, task, parse_task_options(opt), protocols=tuple(protocol), out_dir=out,
                              fraction=fraction, seed=seed, device=device, baselines=baselines,
-                             resize_to=resize_to)
+                             resize_to=resize_to, allow_overlap=allow_overlap)
     md = Path(out) / "results.md"
     console.print(md.read_text() if md.exists() else results)
 

@@ -271,6 +271,8 @@ def _curate_locked(manifest: Manifest, retry_failed: bool, show_progress: bool) 
             progress.update(bar, advance=1, status=f"patches done {totals['done']}, failed {totals['failed']}")
             logger.info("shard %d: %d done, %d failed (%.1fs); %d/%d shards, totals %s",
                         res["shard"], res["done"], res["failed"], res["seconds"], i, len(shards), totals)
+    if totals["done"]:
+        steps.record_curated_labels(manifest)
     summary = archive_report(manifest)
     summary["this_run"] = {**totals, "shards": len(shards), "failure_reasons": reasons,
                            "seconds": round(time.perf_counter() - t0, 1)}

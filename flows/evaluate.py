@@ -30,7 +30,7 @@ def evaluate_checkpoints(checkpoints: list[str], tasks: dict[str, dict[str, Any]
                          fraction: float | None = None, seed: int = 0,
                          options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoints`` on every task in ``tasks`` (name → reader arguments)."""
-    protocols = protocols or ["linear", "knn", "retrieval"]
+    protocols = protocols or ["linear", "logistic", "knn", "retrieval"]
     futures = {name: evaluate_task.submit(checkpoints, name, kwargs, protocols, str(Path(out_dir) / name),
                                           fraction, seed, options or {})
                for name, kwargs in tasks.items()}

@@ -24,12 +24,13 @@ import numpy as np
 
 from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
-from pipeline.labels import label_vectors
+from pipeline.labels import label_vectors, read_label_provenance, update_label_provenance
 from pipeline.locations import Location
 from pipeline.manifest import Manifest
 from pipeline.sampling import locations_to_geodataframe, read_locations, sample_locations, write_locations
 from pipeline.seasons import location_shift_days, season_windows
 from pipeline.sources import Source, SourceError, TransientSourceError, build_source
+from pipeline.split import ensure_split
 from pipeline.store import (
     MODALITY_ORDER,
     NO_DATE,
@@ -80,6 +81,7 @@ def prepare(manifest: Manifest, source: Source | None = None) -> tuple[list[Loca
         os.close(fd)  # a fresh name: no file of the user's is ever written over
         write_locations(gdf, tmp)
         Path(tmp).replace(loc_file)  # atomic: never a half-written locations file
+    ensure_split(path, so)  # every archive gets the default train/val/test split; an existing one is kept
     return locations, layout
 
 
@@ -137,10 +139,27 @@ def is_retryable(reason: str) -> bool:
     return str(reason).startswith(RETRYABLE_REASONS)
 
 
-def process_patch(source: Source, manifest: Manifest, location: Location) -> PatchResult:
-    """All seasons of one location. Permanent source errors give a failed result with the reason."""
+def label_thresholds(manifest: Manifest, provenance: dict | None) -> tuple[float, float]:
+    """(presence_threshold, min_valid_fraction) for patches curated into an archive now.
+
+    The manifest's, unless the archive's label vectors were recomputed (``softcon labels``) with other
+    thresholds: new patches then follow the archive's current record, so one archive never holds
+    vectors made with two thresholds.
+    """
+    if provenance and provenance.get("source") == "relabel" and provenance.get("presence_threshold") is not None:
+        return float(provenance["presence_threshold"]), float(provenance["min_valid_fraction"])
+    return manifest.labels.presence_threshold, manifest.labels.min_valid_fraction
+
+
+def process_patch(source: Source, manifest: Manifest, location: Location,
+                  thresholds: tuple[float, float] | None = None) -> PatchResult:
+    """All seasons of one location. Permanent source errors give a failed result with the reason.
+
+    ``thresholds`` (presence, min valid fraction) default to the manifest's (see :func:`label_thresholds`).
+    """
     modalities = manifest.modalities.selected()
-    grid = PatchGrid.for_location(location, manifest.patch.size_px, manifest.patch.resolution_m)
+    grid = PatchGrid.for_location(location, manifest.patch.size_px, manifest.patch.resolution_m,
+                                  manifest.patch.lattice_m)
     seasons = manifest.seasons
     shift = location_shift_days(manifest.sampling.seed, location.index, seasons.max_shift_days)
     windows = season_windows(seasons.reference_dates, seasons.window_days, shift)
@@ -178,9 +197,9 @@ def process_patch(source: Source, manifest: Manifest, location: Location) -> Pat
         else:
             dw[w.season] = sample.label.data
             method[w.season] = sample.label.method
+    presence, min_valid = thresholds or label_thresholds(manifest, None)
     fractions, multi_hot = label_vectors(
-        dw, n_classes=len(DW_CLASSES), presence_threshold=manifest.labels.presence_threshold,
-        min_valid_fraction=manifest.labels.min_valid_fraction)
+        dw, n_classes=len(DW_CLASSES), presence_threshold=presence, min_valid_fraction=min_valid)
     return PatchResult(location.index, STATUS_DONE, images=images, dw_label=dw, label_fraction=fractions,
                        multi_hot=multi_hot, acquired=acquired, image_id=image_id, cloud_pct=cloud,
                        label_method=method)
@@ -208,10 +227,11 @@ def process_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locatio
     status = group["status"][sl]
     wanted = (status == STATUS_TODO) | ((status == STATUS_FAILED) if retry_failed else False)
     by_index = {loc.index: loc for loc in locations}
+    thresholds = label_thresholds(manifest, read_label_provenance(group))
     results = []
     for offset in np.flatnonzero(wanted):
         idx = sl.start + int(offset)
-        results.append(process_patch(source, manifest, by_index[idx]))
+        results.append(process_patch(source, manifest, by_index[idx], thresholds))
     # Contiguous runs keep the writes aligned (the whole shard when nothing in it was done before).
     run: list[PatchResult] = []
     for r in results:
@@ -250,3 +270,15 @@ def mark_shard_failed(manifest: Manifest, layout: ArchiveLayout, shard: int, err
     group["status_reason"][sl] = reasons
     group["status"][sl] = status
     return int(todo.sum())
+
+
+def record_curated_labels(manifest: Manifest) -> None:
+    """After a run curated new patches: when the archive's labels had been imported (published labels),
+    record that the new patches carry labels computed from their maps (one writer: the flow, after its shards)."""
+    group = open_group(manifest.store.path, "r+", manifest.store.storage_options or None)
+    record = read_label_provenance(group)
+    if record and record.get("source") == "published":
+        presence, min_valid = label_thresholds(manifest, record)
+        update_label_provenance(group, "curation", presence, min_valid,
+                                note="patches curated after the import of published labels carry labels computed "
+                                     "from their Dynamic World maps; import the published labels again to replace them")

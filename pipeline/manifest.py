@@ -161,6 +161,10 @@ class PatchConfig(_Strict):
     resolution_m: Annotated[StrictFloat, Field(gt=0)] = 10.0
     resampling: Literal["bilinear", "nearest", "cubic"] = "bilinear"
     """How 20 m and 60 m bands are brought to the 10 m grid."""
+    lattice_m: Annotated[StrictFloat, Field(gt=0)] = 60.0
+    """Patch corners sit on multiples of lcm(lattice_m, resolution_m) in UTM metres (our choice: 60 m,
+    the corner lattice of Sentinel-2 tiles, so 10, 20 and 60 m pixels of every product line up); see
+    :mod:`pipeline.grid`. Part of the manifest's hash: a different lattice is a different archive."""
 
 
 class LabelsConfig(_Strict):
@@ -237,7 +241,7 @@ class EvaluateHook(_Strict):
     """After pretraining, evaluate the new backbone (with random-init and raw-pixel baselines)."""
     tasks: dict[str, dict[str, Any]] = {"archive": {}}
     """Downstream task name → reader options; the ``archive`` task defaults to this manifest's archive."""
-    protocols: list[Literal["linear", "knn", "retrieval", "finetune"]] = ["linear", "knn", "retrieval"]
+    protocols: list[Literal["linear", "logistic", "knn", "retrieval", "finetune"]] = ["linear", "logistic", "knn", "retrieval"]
     out_dir: str = "output/eval"
 
 

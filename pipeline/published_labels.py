@@ -20,9 +20,13 @@ sets the vector to all zero, which the archive reads as "unlabelled" (it is coun
 only, no fractions, so after an import the two may disagree for matched patch-seasons (a published
 class may have a computed fraction of 0 and the other way round). ``label_method`` and ``dw_label`` are
 not touched either. The archive attribute ``published_labels`` records the file name, its sha256, the
-date and the counts of the last import; recomputing the label vectors from ``dw_label`` afterwards
-(:func:`pipeline.labels.compute_archive_labels`) undoes the import, and patches curated after an import
-need the import to be run again.
+date and the counts of the last import, and the archive's label-provenance record
+(:func:`pipeline.labels.update_label_provenance`) becomes ``{"source": "published",
+"presence_threshold": None, "min_valid_fraction": None, ...}`` (the published rule is unknown) with
+``file``, ``sha256`` and ``matched`` (patch-seasons replaced), the previous record moved to its
+history: patch-seasons that were not matched keep the vectors that record describes. Recomputing
+the label vectors from ``dw_label`` afterwards (:func:`pipeline.labels.compute_archive_labels`) undoes
+the import (and records so), and patches curated after an import need the import to be run again.
 
 Writes. ``multi_hot`` is visited in blocks aligned to its write chunks (a shard when sharded) along
 ``patch``; a block is read, modified in memory and written back whole, and only when something
@@ -55,6 +59,7 @@ from typing import IO, Any
 import numpy as np
 
 from pipeline.bands import DW_CLASSES
+from pipeline.labels import update_label_provenance
 from pipeline.store import MODALITY_ORDER, STATUS_DONE, open_group
 
 N_CLASSES = len(DW_CLASSES)
@@ -410,4 +415,6 @@ def import_published_labels(json_path: str | Path, store: str, storage_options: 
         "replaces": "multi_hot of matched patch-seasons (an empty class list gives an all-zero vector)",
         "label_fraction": "unchanged: the published labels hold presence only, no fractions",
     }
+    update_label_provenance(open_group(store, "r+", storage_options), "published", None, None,
+                            updated=report.imported, file=report.file, sha256=report.sha256, matched=report.matched)
     return report

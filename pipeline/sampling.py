@@ -71,6 +71,7 @@ import pyproj
 import shapely
 from scipy.spatial import cKDTree
 
+from pipeline.grid import snap_corner
 from pipeline.locations import Location
 from pipeline.manifest import PatchConfig, SamplingConfig
 
@@ -431,11 +432,10 @@ def sample_locations(cfg: SamplingConfig, patch: PatchConfig) -> list[Location]:
 
 # --------------------------------------------------------------------------- table / files
 def _footprint_bounds(x: np.ndarray, y: np.ndarray, patch: PatchConfig) -> tuple[np.ndarray, ...]:
-    """(west, south, east, north) exactly as ``PatchGrid.for_location(...).bounds``."""
-    half = patch.size_px * patch.resolution_m / 2.0
+    """(west, south, east, north) exactly as ``PatchGrid.for_location(...).bounds`` (same snapping rule)."""
     extent = patch.size_px * float(patch.resolution_m)
-    x0 = np.round(x - half)  # round-half-even, like Python's round()
-    y0 = np.round(y + half)
+    x0, y0 = snap_corner(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64),
+                         patch.size_px, patch.resolution_m, patch.lattice_m)
     return x0, y0 - extent, x0 + extent, y0
 
 

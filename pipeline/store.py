@@ -45,6 +45,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
+from pipeline.grid import grid_record
 from pipeline.locations import Location
 from pipeline.manifest import CompressorConfig, Manifest
 from pipeline.store_target import (  # noqa: F401 - ArchiveError is part of this module's interface
@@ -193,6 +194,14 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
         "layout": {"patches_per_shard": pps, "n_patches": P, "n_seasons": S, "size": H},
         TEMPLATE_MARKER: False,  # set to true by create_archive once every template array is written
     }
+    # How every patch grid is rebuilt from (epsg, utm_x, utm_y): pipeline.grid's snapping rule.
+    attrs["patch_grid"] = grid_record(manifest.patch.size_px, manifest.patch.resolution_m, manifest.patch.lattice_m)
+    # The curation record of how the label vectors are made; later writers update it (pipeline.labels,
+    # imported here because it imports this module).
+    from pipeline.labels import LABEL_PROVENANCE_ATTR, provenance_record
+
+    attrs[LABEL_PROVENANCE_ATTR] = provenance_record("curation", manifest.labels.presence_threshold,
+                                                     manifest.labels.min_valid_fraction, updated=attrs["created"])
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     return ds, encoding
 
@@ -340,6 +349,9 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
     Label statistics (class frequencies, co-occurrence) are :func:`pipeline.labels.summary_statistics`;
     :func:`pipeline.labels.label_summary` adds their headline numbers to this summary.
     """
+    # imported here: pipeline.labels imports this module
+    from pipeline.labels import read_label_provenance
+
     group = open_group(path, "r", storage_options)
     status = group["status"][:]
     reasons = group["status_reason"][:]
@@ -361,4 +373,5 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
         "done_patches": counts["done"],
         "software_version": group.attrs.get("software_version"),
         "created": group.attrs.get("created"),
+        "label_provenance": read_label_provenance(group),  # None when the archive tells nothing
     }

@@ -147,7 +147,8 @@ def test_flow_ends_with_pretraining_when_asked(tmp_path, harness):
     train_cfg.write_text(yaml.safe_dump({
         "output_dir": str(tmp_path / "run"), "crop_size": 24, "batch_size": 8, "num_workers": 0, "epochs": 1,
         "max_steps_per_epoch": 2, "proj_hidden": 32, "proj_out": 16, "pred_hidden": 32}))
-    manifest = write_manifest(tmp_path / "m.yaml", tmp_path / "a.zarr", n_locations=4, size=32, processes=False)
+    # 8 locations: the train split (about 70 %) still fills two batches of 8 images
+    manifest = write_manifest(tmp_path / "m.yaml", tmp_path / "a.zarr", n_locations=8, size=32, processes=False)
     data = yaml.safe_load(manifest.read_text())
     data["pretrain"] = {"enabled": True, "config": str(train_cfg)}
     data["evaluate"] = {"enabled": True, "protocols": ["knn"], "out_dir": str(tmp_path / "eval")}

@@ -79,7 +79,11 @@ def _write(tmp_path: Path, data) -> Path:
 
 def test_cli_validate_exit_codes(tmp_path):
     runner = CliRunner()
-    ok = runner.invoke(app, ["validate", str(REPO / "data_manifest.yaml")])
+    # the repository's manifest, with its store moved to tmp_path (whatever output/ holds here does not matter)
+    data = yaml.safe_load((REPO / "data_manifest.yaml").read_text())
+    data["store"]["path"] = str(tmp_path / "mini.zarr")
+    data["pretrain"]["config"] = str(REPO / data["pretrain"]["config"])
+    ok = runner.invoke(app, ["validate", str(_write(tmp_path, data))])
     assert ok.exit_code == 0, ok.output
     bad = runner.invoke(app, ["validate", str(_write(tmp_path, {"sampling": {"sigma_km": 0, "foo": 1}}))])
     assert bad.exit_code == 2

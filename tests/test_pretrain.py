@@ -30,9 +30,10 @@ def archive(tmp_path_factory):
 
 
 def config(archive: str, out, **kw) -> PretrainConfig:
+    # The loop's tests train on every done patch; the train split is tested in test_train_split.py.
     base = dict(archive=archive, output_dir=str(out), crop_size=32, batch_size=16, num_workers=0,
                 proj_hidden=64, proj_out=32, pred_hidden=64, epochs=2, max_steps_per_epoch=3,
-                warmup_epochs=0.5, log_every=1000)
+                warmup_epochs=0.5, log_every=1000, splits="all")
     base.update(kw)
     return PretrainConfig.model_validate(base)
 

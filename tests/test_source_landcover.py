@@ -134,13 +134,19 @@ def test_eolearn_lulc_on_own_grid_is_exact(lulc: Path):
 
 
 def test_eolearn_lulc_on_patch_grid(lulc: Path):
-    # A 10 m PatchGrid over the same area (EPSG:32633): near-identical class fractions.
+    # A 10 m PatchGrid over the same area (EPSG:32633): near-identical class fractions to the source
+    # pixels inside its footprint. The grid is snapped to the 60 m lattice, so it may reach a few
+    # metres past the ~1 km map: those edge pixels are nodata and left out of the comparison.
     with rasterio.open(lulc) as ds:
         b = ds.bounds
-        codes = ds.read(1)
-    x, y = (b.left + b.right) / 2, (b.bottom + b.top) / 2
-    lon, lat = pyproj.Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True).transform(x, y)
-    grid = PatchGrid.for_location(Location(0, lon, lat, 32633, x, y), 96, 10.0)
+        x, y = (b.left + b.right) / 2, (b.bottom + b.top) / 2
+        lon, lat = pyproj.Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True).transform(x, y)
+        grid = PatchGrid.for_location(Location(0, lon, lat, 32633, x, y), 96, 10.0)
+        win = window_from_bounds(*grid.bounds, transform=ds.transform)
+        win = win.intersection(Window(0, 0, ds.width, ds.height)).round_offsets().round_lengths()
+        codes = ds.read(1, window=win)
     label = LandCoverLabels(lulc, "eolearn_lulc", "nearest").label_map(grid)
+    valid = label.data != LABEL_NODATA
+    assert valid.mean() > 0.98
     expected = apply_crosswalk(codes, "eolearn_lulc")
-    np.testing.assert_allclose(fractions(label.data), fractions(expected), atol=0.02)
+    np.testing.assert_allclose(fractions(label.data[valid]), fractions(expected), atol=0.02)

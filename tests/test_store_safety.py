@@ -116,17 +116,24 @@ class SimulatedKill(Exception):
 
 
 def count_template_writes(tmp_path) -> int:
-    calls = {"n": 0}
+    """Store writes of the template, up to and including the one that sets ``template_complete``.
+
+    (``prepare`` writes the archive's split after that; its own kill-safety is tested in test_split.py.)
+    """
+    calls = {"n": 0, "template": None}
     original = zarr.storage.LocalStore.set
 
     async def counting(self, key, value):
         calls["n"] += 1
+        if calls["template"] is None and key == "zarr.json" and b'"template_complete": true' in value.to_bytes():
+            calls["template"] = calls["n"]
         return await original(self, key, value)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(zarr.storage.LocalStore, "set", counting)
         steps.prepare(manifest_at(tmp_path / "count.zarr"))
-    return calls["n"]
+    assert calls["template"] is not None
+    return calls["template"]
 
 
 def test_kill_at_every_template_write_then_rerun_gives_a_complete_archive(tmp_path):

@@ -3,8 +3,12 @@
 Normalisation (:class:`Normalizer`)
     SoftCon's input scaling (shared specs, softcon.md §1.6): per band, lo = μ − 2σ and
     x' = clip((x − lo) / 4σ, 0, 1) (the Copernicus-Bench variant, without the uint8 step), or a plain
-    z-score ``(x − μ)/σ`` (``mode="zscore"``). Non-finite inputs (S1 nodata is NaN) become
-    ``nan_value`` (0.0) after scaling; S2 nodata (0 DN) is scaled like any value, as in the original.
+    z-score ``(x − μ)/σ`` (``mode="zscore"``). Non-finite inputs (S1 nodata is NaN in the archive,
+    and any float modality's) become ``nan_value`` (0.0) after scaling, so no NaN reaches the network;
+    S2 nodata (0 DN) is scaled like any value, as in the original. Filling with 0 is our choice (no
+    paper fixes it; ``Normalizer(nan_value=…)`` changes it): 0 is the band mean under ``zscore``, and
+    under ``softcon`` it is the lower clip bound (μ − 2σ), the value S2's 0 DN nodata scales to, so
+    nodata of every modality looks alike.
     Statistics: the published SSL4EO-S12 tables of softcon.md §1.6, set A (default, "50k subset",
     used by Copernicus-Bench for SoftCon) and set B (rounded, used by torchgeo), keyed by band name so
     any band subset works; or statistics computed over an archive (:func:`compute_archive_statistics`)
@@ -12,7 +16,7 @@ Normalisation (:class:`Normalizer`)
 
 Data set (:class:`ArchiveDataset`)
     Items are ``(patch, season)`` pairs of the patches whose ``status`` is done (optionally restricted
-    to ``indices``), in patch-then-season order. Each item reads only the chunks it needs
+    to ``indices`` and to the archive's ``splits``, see below), in patch-then-season order. Each item reads only the chunks it needs
     (``arr[p, s]`` is one chunk), converts to float32, normalises, then applies the view transforms.
     Item dicts hold tensors, ints and the band names; :func:`collate_items` (the collate of
     :func:`build_dataloader`) batches them, keeping the band names once per batch:
@@ -37,6 +41,15 @@ Data set (:class:`ArchiveDataset`)
 
     The zarr group is opened lazily, once per process (re-opened after a fork; never pickled), so
     the data set works with any number of DataLoader workers and with local paths or fsspec URLs.
+
+Splits and the training-data record
+    ``ArchiveDataset(splits=["train"])`` keeps only the done patches of those splits of the archive
+    (the ``split`` variable written by ``softcon split``, :mod:`pipeline.split`); ``splits="all"``
+    keeps every done patch on purpose; ``None`` (the default of the class, for evaluation code that
+    passes its own ``indices``) does not look at the split. An archive without a split is a
+    :class:`~pipeline.errors.BadInput` when splits are asked for. :meth:`ArchiveDataset.training_data`
+    is what a pretraining run records (``training_data.json``, :func:`write_training_data`): the
+    archive, its manifest hash, the splits, the split record and the ``patch_id`` of every patch used.
 
 Randomness and resumption
     Each item draws everything (the other season, every augmentation) from its own
@@ -63,6 +76,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 from pipeline.bands import MODALITY_BANDS, S1_GRD_BANDS, S2_L1C_BANDS, S2_L2A_BANDS
+from pipeline.errors import BadInput
+from pipeline.split import SPLIT_CODES, read_split
 from pipeline.store import STATUS_DONE, open_group
 from train.cpu_memory import keep_freed_memory
 
@@ -76,6 +91,12 @@ __all__ = [
     "item_seed",
     "item_generator",
     "ArchiveDataset",
+    "SPLIT_NAMES",
+    "ALL_SPLITS",
+    "select_split_patches",
+    "TRAINING_DATA_FILE",
+    "training_data_json",
+    "write_training_data",
     "EpochSampler",
     "EpochDataLoader",
     "build_dataloader",
@@ -147,8 +168,10 @@ class Normalizer:
     """Per-band scaling of a ``(C, H, W)`` (or ``(..., C, H, W)``) tensor in archive units.
 
     ``mode="softcon"``: ``clip((x − (μ − 2σ)) / 4σ, 0, 1)``; ``mode="zscore"``: ``(x − μ)/σ``.
-    Non-finite inputs become ``nan_value`` after scaling. ``bands`` (optional) names the channels, so
-    that :meth:`subset` can select any band subset by name.
+    Non-finite inputs of a float array (S1 nodata is NaN) become ``nan_value`` after scaling, so the
+    output never holds NaN. The default 0.0 is our choice: the band mean under ``zscore``, the lower
+    clip bound μ − 2σ under ``softcon`` (where S2's 0 DN nodata lands too). ``bands`` (optional) names
+    the channels, so that :meth:`subset` can select any band subset by name.
     """
 
     MODES = ("softcon", "zscore")
@@ -224,11 +247,13 @@ class Normalizer:
             raise TypeError("apply_ needs a float32 tensor")
         if x.shape[-3] != len(self.mean):
             raise ValueError(f"image has {x.shape[-3]} channels, normaliser {len(self.mean)}")
+        # nodata (NaN, ±inf) is found before scaling: the clip would turn +inf into 1, a valid value
+        nodata = ~torch.isfinite(x) if check_nan else None  # integer (S2 DN) input cannot hold NaN
         x.sub_(self._offset).mul_(self._factor)
         if self.mode == "softcon":
             x.clamp_(0.0, 1.0)
-        if check_nan:  # integer (S2 DN) input cannot hold NaN
-            torch.nan_to_num_(x, nan=self.nan_value, posinf=self.nan_value, neginf=self.nan_value)
+        if nodata is not None:
+            x.masked_fill_(nodata, self.nan_value)
         return x
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -254,12 +279,14 @@ def _nodata_mask(block: np.ndarray) -> np.ndarray:
 def compute_archive_statistics(store: str, modality: str, max_patches: int | None = None,
                                storage_options: dict | None = None, bands: Sequence[str] | None = None,
                                return_counts: bool = False):
-    """Per-band mean and (population) std over the done patches of an archive, excluding nodata.
+    """Per-band mean and (population) std over the done patches of an archive, over valid pixels only.
 
     Streams one patch at a time (its season chunks), combining per-chunk counts, means and sums of
     squared deviations with Chan's parallel update in float64, so memory stays at one patch and the
     result does not suffer from cancellation. ``max_patches`` limits the work to that many done
-    patches, spread evenly over the archive (deterministic). Nodata: 0 DN for S2, NaN for S1.
+    patches, spread evenly over the archive (deterministic). Nodata, left out of every sum and count:
+    0 DN for S2 (integer arrays), NaN (any non-finite value) for S1 and any float modality; the result
+    equals ``numpy.nanmean`` / ``numpy.nanstd`` over the float modality's pixels.
 
     Returns ``(mean, std)`` float64 arrays in the order of ``bands`` (default: the archive's bands of
     the modality), plus the per-band valid pixel counts when ``return_counts``.
@@ -369,6 +396,89 @@ def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return g
 
 
+# --------------------------------------------------------------------------- splits and the record
+#: Split names of the archive's ``split`` variable (:data:`pipeline.split.SPLIT_CODES`).
+SPLIT_NAMES = tuple(SPLIT_CODES)
+#: ``splits`` value that selects every done patch, with or without a split in the archive.
+ALL_SPLITS = "all"
+#: File of a run folder that records what the run trained on.
+TRAINING_DATA_FILE = "training_data.json"
+
+
+def _check_split_names(splits: Sequence[str] | str) -> list[str] | str:
+    """``"all"`` or a non-empty list of distinct names of :data:`SPLIT_NAMES` (else :class:`BadInput`)."""
+    if isinstance(splits, str):
+        if splits == ALL_SPLITS:
+            return ALL_SPLITS
+        splits = [splits]
+    names = list(splits)
+    if not names:
+        raise BadInput(f"splits: empty; name the splits to use ({', '.join(SPLIT_NAMES)}) "
+                       f"or '{ALL_SPLITS}' for every done patch")
+    unknown = [n for n in names if n not in SPLIT_NAMES]
+    if unknown:
+        raise BadInput(f"splits: unknown split(s) {unknown}; valid: {list(SPLIT_NAMES)} or '{ALL_SPLITS}'")
+    if len(set(names)) != len(names):
+        raise BadInput(f"splits: {names} names a split twice")
+    return names
+
+
+def select_split_patches(store: str, splits: Sequence[str] | str, storage_options: dict | None = None
+                         ) -> tuple[np.ndarray | None, dict | None]:
+    """``(patch indices, split record)`` of the archive's ``splits`` (e.g. ``["train"]``).
+
+    The indices (int64, sorted) are every patch whose split code is one of ``splits``, whatever
+    its status (intersect with the done patches yourself). ``splits="all"``: indices ``None`` (no
+    restriction) and the record if the archive has one. An archive without a split raises
+    :class:`BadInput` naming it and the command that writes one.
+    """
+    names = _check_split_names(splits)
+    found = read_split(str(store), storage_options)
+    if names == ALL_SPLITS:
+        return None, (None if found is None else found[1])
+    if found is None:
+        raise BadInput(f"{store}: the archive has no train/val/test split; create one with "
+                       f"`softcon split {store}` (or set splits: {ALL_SPLITS} to use every done patch)")
+    codes, record = found
+    wanted = np.array([SPLIT_CODES[n] for n in names], dtype=np.asarray(codes).dtype)
+    return np.flatnonzero(np.isin(np.asarray(codes), wanted)).astype(np.int64), record
+
+
+def training_data_json(record: dict[str, Any]) -> str:
+    """The one JSON text of a training-data record: ``training_data.json`` and the exported
+    backbone's safetensors metadata key ``training_data`` hold exactly this string."""
+    return json.dumps(record, separators=(",", ":"))
+
+
+def write_training_data(run_dir: str | Path, record: dict[str, Any], resume: bool = False) -> str:
+    """Write ``<run_dir>/training_data.json`` (atomically) and return its text.
+
+    On ``resume`` an existing record is kept and returned when it names the same training data
+    (archive manifest hash, split hash, patch ids); a different one is a :class:`BadInput`, since
+    the checkpoint was trained on other patches (the archive or its split changed since).
+    """
+    path = Path(run_dir) / TRAINING_DATA_FILE
+    text = training_data_json(record)
+    if resume and path.is_file():
+        old_text = path.read_text()
+        old = json.loads(old_text)
+
+        def key(r: dict) -> tuple:
+            split_hash = (r.get("split_record") or {}).get("hash")
+            return r.get("archive_manifest_hash"), split_hash, r.get("splits"), r.get("patch_ids")
+
+        if key(old) != key(record):
+            raise BadInput(f"{path}: this run was trained on other patches ({old.get('n_patches')} then, "
+                           f"{record.get('n_patches')} now: the archive or its split changed); "
+                           "resume on the same data or start a new output_dir")
+        return old_text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text
+
+
 # --------------------------------------------------------------------------- data set
 ViewTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -392,7 +502,10 @@ class ArchiveDataset(Dataset):
         published statistics (set A) of the selected bands, ``False`` for raw float32 values.
     modality2, bands2, normalizer2: the same for the second modality of ``cross_modal``.
     bands: subset of the modality's band names (order kept as given); default all.
-    indices: patch indices to use (e.g. a split); intersected with the done patches.
+    indices: patch indices to use; intersected with the done patches.
+    splits: names of the archive's splits to use (e.g. ``["train"]``), intersected with the done
+        patches (and ``indices``); ``"all"``: every done patch, recorded as such; ``None``: the
+        split is not read. :class:`BadInput` when splits are named and the archive has none.
     seed: base seed of the per-item generators.
     """
 
@@ -403,7 +516,8 @@ class ArchiveDataset(Dataset):
                  transforms2: ViewTransform | None = None, normalizer: Normalizer | None | bool = None,
                  storage_options: dict | None = None, indices: Sequence[int] | np.ndarray | None = None,
                  seed: int = 0, modality2: str = "s1_grd", bands: Sequence[str] | None = None,
-                 bands2: Sequence[str] | None = None, normalizer2: Normalizer | None | bool = None):
+                 bands2: Sequence[str] | None = None, normalizer2: Normalizer | None | bool = None,
+                 splits: Sequence[str] | str | None = None):
         if view_mode not in self.VIEW_MODES:
             raise ValueError(f"view_mode must be one of {self.VIEW_MODES}, got {view_mode!r}")
         self.store, self.storage_options = str(store), storage_options
@@ -426,6 +540,13 @@ class ArchiveDataset(Dataset):
         done = np.flatnonzero(status == STATUS_DONE)
         if indices is not None:
             done = np.intersect1d(done, np.asarray(indices, dtype=np.int64))
+        self.splits: list[str] | str | None = None
+        self.split_record: dict | None = None
+        if splits is not None:
+            self.splits = _check_split_names(splits)
+            in_splits, self.split_record = select_split_patches(self.store, self.splits, storage_options)
+            if in_splits is not None:
+                done = np.intersect1d(done, in_splits)
         self.patches = done.astype(np.int64)
         S = self.n_seasons
         self.items = np.stack([np.repeat(self.patches, S), np.tile(np.arange(S), len(self.patches))], axis=1)
@@ -442,6 +563,17 @@ class ArchiveDataset(Dataset):
         self._arrays: dict[str, Any] | None = None  # opened lazily, once per process
         self._pid: int | None = None
         self._label_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def training_data(self) -> dict[str, Any]:
+        """What this data set trains on, as a pretraining run records it (``training_data.json``):
+        the archive, its manifest hash, the splits (``"all"`` when not restricted by split), the
+        archive's split record (or ``None``), and the ``patch_id`` of each patch, in index order."""
+        group = open_group(self.store, "r", self.storage_options)
+        ids = np.asarray(group["patch_id"][:])
+        return {"archive": self.store, "archive_manifest_hash": group.attrs.get("manifest_hash"),
+                "splits": ALL_SPLITS if self.splits is None else self.splits,
+                "split_record": self.split_record, "n_patches": len(self.patches),
+                "patch_ids": [str(ids[p]) for p in self.patches]}
 
     # -- construction helpers
     @staticmethod

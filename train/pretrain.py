@@ -20,7 +20,8 @@ state, loss buffers, RNG states, step counters) is written atomically; ``--resum
 the latest one and, on the CPU, reproduces the losses of an uninterrupted run exactly (data order,
 augmentations and masks are functions of (seed, epoch, step), never of hidden RNG state).
 Logs: ``metrics.csv``, TensorBoard events under ``tensorboard/``, a progress bar with the loss and
-samples per second. The final online backbone is exported as ``backbone.safetensors``.
+samples per second. The final online backbone is exported as ``backbone.safetensors``, its
+BatchNorm statistics first recomputed on unmasked training batches (``bn_recalibration_batches``).
 
 Choices that are ours (the SoftCon paper's values are UNVERIFIED): mask ratio 0.5, λ = 1, the
 MoCo-v3 recipe of the SSL4EO-S12 code for optimiser, temperature and momentum (softcon.md §3.6).
@@ -36,19 +37,19 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 import torch.distributed as dist
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.errors import BadInput
 from pipeline.progress import progress_bar
 from train.cpu_memory import keep_freed_memory
-from train.data import ArchiveDataset, Normalizer, build_dataloader
+from train.data import ArchiveDataset, Normalizer, build_dataloader, write_training_data
 from train.augment import ms_view_transforms, sar_view_transforms
 from train.losses import build_loss
 from train.models import build_encoder, random_patch_mask
@@ -77,6 +78,11 @@ class PretrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     archive: str = "output/ssl4eo_s12_ml_mini.zarr"
     storage_options: dict[str, Any] = {}
+    splits: list[Literal["train", "val", "test"]] | Literal["all"] = ["train"]
+    """The archive's splits to train on (``softcon split STORE`` writes them; an archive without one is
+    refused): by default ``[train]``, so val and test patches stay unseen for evaluation; e.g.
+    ``[train, val]``, or ``all`` for every done patch, split or not. An empty list or null is refused
+    (say ``all``). The patches used are recorded in ``<output_dir>/training_data.json``."""
     output_dir: str = "runs/softcon-mini"
     modality: Literal["s2_l1c", "s2_l2a", "s1_grd"] = "s2_l1c"
     view_mode: Literal["same_season", "seasonal", "cross_modal"] = "same_season"
@@ -119,10 +125,25 @@ class PretrainConfig(BaseModel):
     max_steps_per_epoch: int | None = None
     log_every: int = Field(10, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
+    bn_recalibration_batches: int = Field(20, ge=0)
+    """Before export, the BatchNorm running statistics of the exported (ResNet) backbone are recomputed
+    over this many unmasked training batches (:func:`recalibrate_batchnorm`): training fills them with
+    Siamese-masked inputs, evaluation feeds full images. 0 exports the statistics of training. Our
+    choice (default 20); ViTs have no BatchNorm. The export records it (metadata ``bn_statistics``)."""
     cpu_keep_freed_memory: bool = True
     """Keep freed CPU memory for the next step instead of returning it to the OS (glibc ``mallopt``, see
     :mod:`train.cpu_memory`): in the data loader workers, and in the training process when it runs on
     the CPU. Faster steps and reads; resident memory stays at its peak."""
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_named(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("empty; name the splits to train on (e.g. [train]) or say 'all' for every done patch")
+            if len(set(v)) != len(v):
+                raise ValueError(f"{v} names a split twice")
+        return v
 
 
 def load_config(path: str | Path, **overrides: Any) -> PretrainConfig:
@@ -227,10 +248,31 @@ def _loss_kwargs(cfg: PretrainConfig, world: int, class_counts: torch.Tensor | N
     return opts
 
 
+@torch.no_grad()
+def _enqueue_labelled(loss_fn: nn.Module, keys: torch.Tensor, labels: torch.Tensor) -> None:
+    """Enqueue keys and their (binarised) label rows into a MulSupCon queue, as its ``forward`` would
+    with ``update_queue=True`` (all ranks' rows, in rank order, when it gathers over ranks)."""
+    from train.losses import binarize_labels, gather_no_grad, is_distributed, to_label_matrix
+
+    lab = binarize_labels(to_label_matrix(labels, loss_fn.num_classes)).to(keys.device)
+    if loss_fn.gather_distributed and is_distributed():
+        keys, lab = gather_no_grad(keys.detach()), gather_no_grad(lab)
+    loss_fn.queue.enqueue(keys.detach(), lab)
+
+
 def compute_loss(name: str, loss_fn: nn.Module, z: tuple[torch.Tensor, torch.Tensor],
                  q: tuple[torch.Tensor, torch.Tensor], k: tuple[torch.Tensor, torch.Tensor],
                  labels: torch.Tensor) -> torch.Tensor:
-    """Apply a loss to the step's embeddings: ``z`` online projections, ``q`` predictions, ``k`` targets."""
+    """Apply a loss to the step's embeddings: ``z`` online projections, ``q`` predictions, ``k`` targets.
+
+    Index = view. Losses with a queue (MoCo v2, MulSupCon with ``queue_size``) are symmetrised with
+    the queue as it was at the start of the step in both directions, and the keys of both views
+    are enqueued once, after both (see :class:`~train.losses.moco.MoCoV2Loss`).
+    """
+    if name == "mulsupcon" and getattr(loss_fn, "queue", None) is not None:
+        loss = loss_fn(q[0], k[1], labels, update_queue=False) + loss_fn(q[1], k[0], labels, update_queue=False)
+        _enqueue_labelled(loss_fn, torch.cat([k[0], k[1]]), torch.cat([labels, labels]))
+        return loss
     if name in PAIR_LOSSES:
         extra = (labels,) if name in LABELLED_PAIR_LOSSES else ()
         return loss_fn(q[0], k[1], *extra) + loss_fn(q[1], k[0], *extra)
@@ -239,12 +281,85 @@ def compute_loss(name: str, loss_fn: nn.Module, z: tuple[torch.Tensor, torch.Ten
     if name == "byol":
         return loss_fn(q[0], q[1], k[0], k[1])
     if name == "moco_v2":
-        return loss_fn(z[0], k[1]) + loss_fn(z[1], k[0])
+        return loss_fn.symmetric(z[0], z[1], k[0], k[1])
     if name in {"ntxent", "simclr"}:
         return loss_fn(z[0], z[1])
     if name in LABELLED_MULTIVIEW:
         return loss_fn(torch.stack([z[0], z[1]], dim=1), labels)
     raise ValueError(f"loss.name: no training rule for loss '{name}'")
+
+
+# --------------------------------------------------------------------------- BatchNorm recalibration
+def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(module: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Recompute the running statistics of every BatchNorm layer of ``module`` from ``batches``.
+
+    The rule: each BN layer's running mean and variance are reset, then ``module`` runs forward
+    on each input batch in training mode, without gradients, with ``momentum=None``, which is
+    PyTorch's cumulative average: after N batches the running mean is the mean of the N batch
+    means and the running variance the mean of the N unbiased batch variances. Parameters are not
+    touched; the layers' momenta and every submodule's train/eval flag are restored afterwards.
+    Returns the number of forward passes (0, without consuming ``batches``, when ``module`` has
+    no BatchNorm).
+    """
+    norms = _batchnorms(module)
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    modes = {m: m.training for m in module.modules()}
+    n = 0
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+        module.train()
+        for x in batches:
+            module(x)
+            n += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        for m, training in modes.items():
+            m.train(training)
+    return n
+
+
+def _recalibrate_for_export(cfg: PretrainConfig, backbone: nn.Module, loader, views: list[int],
+                            device: torch.device) -> str:
+    """Recalibrate ``backbone``'s BN statistics before export; returns the ``bn_statistics`` record.
+
+    During training the online backbone sees only Siamese-masked views (part of every input zeroed
+    after normalisation), so its running statistics describe masked images, while evaluation feeds
+    full images. The inputs used instead: the unmasked views this branch trains on (``views``: 0 =
+    view 1, 1 = view 2), of the first ``cfg.bn_recalibration_batches`` batches of the training
+    loader's order for epoch ``cfg.epochs`` (one past the last training epoch: the training
+    patches with fresh, seeded augmentations), each view its own forward pass of ``batch_size``
+    images as in training. Our choice over exporting the EMA target: SoftCon and MoCo v3 release
+    the online (base) encoder, and the target's statistics, though of unmasked views, were
+    gathered with the target's EMA weights, not with the weights that are exported.
+    """
+    if not _batchnorms(backbone):
+        return "none"
+    if cfg.bn_recalibration_batches == 0:
+        return "as trained: running averages over Siamese-masked online inputs (bn_recalibration_batches: 0)"
+
+    def inputs():
+        loader.set_epoch(cfg.epochs)
+        for i, batch in enumerate(loader):
+            if i >= cfg.bn_recalibration_batches:
+                return
+            for v in views:
+                yield batch[f"view{v + 1}"].to(device, non_blocking=True)
+
+    passes = recalibrate_batchnorm(backbone, inputs())
+    n_batches = passes // len(views)
+    names = " and ".join(f"view{v + 1}" for v in views)
+    return (f"recalibrated on {n_batches} unmasked training batches ({names} of each, "
+            f"{cfg.batch_size} images per forward pass, cumulative average)")
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -383,11 +498,12 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
         sar2 = cfg.modality2 == "s1_grd"
         kwargs["transforms2"] = sar_view_transforms(cfg.crop_size) if sar2 else ms_view_transforms(cfg.crop_size, 2)
         kwargs["modality2"] = cfg.modality2
+    # the done patches of the configured splits only (BadInput when the archive has no split)
     ds = ArchiveDataset(cfg.archive, modality=cfg.modality, view_mode=cfg.view_mode, transforms=(t1, t2),
-                        storage_options=cfg.storage_options or None, seed=cfg.seed, **kwargs)
+                        storage_options=cfg.storage_options or None, seed=cfg.seed, splits=cfg.splits, **kwargs)
     if len(ds) < cfg.batch_size * world:
-        raise ValueError(f"{cfg.archive}: {len(ds)} training items, fewer than one batch "
-                         f"({cfg.batch_size} × {world} processes)")
+        raise BadInput(f"{cfg.archive}: {len(ds)} training items (splits: {cfg.splits}), fewer than one batch "
+                       f"({cfg.batch_size} × {world} processes)")
     loader = build_dataloader(ds, cfg.batch_size, num_workers=cfg.num_workers, shuffle=True, seed=cfg.seed,
                               drop_last=True, distributed=world > 1, num_replicas=world, rank=rank,
                               persistent_workers=cfg.num_workers > 0, keep_freed_memory=cfg.cpu_keep_freed_memory)
@@ -395,6 +511,8 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
 
 
 def _class_counts(ds: ArchiveDataset) -> torch.Tensor:
+    """MACL's per-class counts: ``multi_hot`` summed over every season of the data set's patches only
+    (``ds.patches``: the done patches of the configured splits, so never val/test patches)."""
     from pipeline.store import open_group
 
     mh = open_group(ds.store, "r", ds.storage_options)["multi_hot"]
@@ -423,12 +541,15 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
     out = Path(cfg.output_dir)
     check_output_dir(out, resume)
     ckpt_dir = out / "checkpoints"
+    torch.manual_seed(cfg.seed)
+
+    ds, loader = _build_data(cfg, rank, world)  # archive and split checked before anything is written
+    training_data = ""
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    torch.manual_seed(cfg.seed)
-
-    ds, loader = _build_data(cfg, rank, world)
+        # what this run trains on (contract: training_data.json, also in the exported backbone)
+        training_data = write_training_data(out, ds.training_data(), resume)
     branches = [Branch(cfg.backbone, len(ds.band_names), cfg, ds.band_names)]
     if cfg.view_mode == "cross_modal":
         branches.append(Branch(cfg.backbone2 or cfg.backbone, len(ds.band_names2), cfg, ds.band_names2))
@@ -550,10 +671,14 @@ def run_pretraining(config: str | Path | PretrainConfig, archive: str | None = N
             modality = cfg.modality if i == 0 else cfg.modality2
             arch = cfg.backbone if i == 0 else (cfg.backbone2 or cfg.backbone)
             name = "backbone.safetensors" if i == 0 else f"backbone-{modality}.safetensors"
+            views = [v for v in (0, 1) if min(v, len(core.branches) - 1) == i]  # the views this branch sees
+            bn_statistics = _recalibrate_for_export(cfg, br.online.backbone, loader, views, device)
             meta = {"format": "softcon-backbone", "backbone": arch, "modality": modality,
-                    "bands": json.dumps(ds.band_names if i == 0 else ds.band_names2)}
+                    "bands": json.dumps(ds.band_names if i == 0 else ds.band_names2),
+                    "bn_statistics": bn_statistics}
             if normalizers[i] is not None:  # evaluation scales inputs the same way ("auto")
                 meta["normalizer"] = json.dumps(normalizers[i].to_dict())
+            meta["training_data"] = training_data  # the text of training_data.json (evaluation checks overlap)
             save_file({k: v.detach().cpu().contiguous() for k, v in br.online.backbone.state_dict().items()},
                       str(out / name), metadata=meta)
     return {"output_dir": str(out), "epochs": cfg.epochs, "steps": global_step, "finished": finished,

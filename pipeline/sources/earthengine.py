@@ -21,8 +21,14 @@ What it asks Earth Engine, per (location, seasonal window, patch grid) (shared s
   bands at the grid resolution keep Earth Engine's default nearest-neighbour lookup, so their DN are
   unchanged when the grid is aligned with the tile. Our choice: SSL4EO-S12 resized at load time with
   OpenCV bilinear (§1.4); resampling on the server gives the same kind of interpolation, in the UTM grid.
-  Masked pixels are unmasked to 0 (SSL4EO-S12 nodata) and bands cast to the archive dtypes
-  (S2 ``uint16`` DN, S1 ``float32`` dB, as served by ``COPERNICUS/S1_GRD``).
+  Masked pixels (outside the scene, S1 border noise, …) are unmasked to a no-data value and bands cast
+  to the archive dtypes (S2 ``uint16`` DN, S1 ``float32`` dB, as served by ``COPERNICUS/S1_GRD``). S2
+  no-data is 0 (SSL4EO-S12 nodata; real DN are ≥ 1). S1 no-data must be NaN in the archive, but the
+  request cannot carry NaN and 0 dB is a real backscatter value, so S1 is unmasked to the sentinel
+  :data:`S1_NODATA_DB` (−9999 dB) and :func:`s1_nodata_to_nan` turns every value below
+  :data:`S1_FLOOR_DB` (−500 dB), the sentinel included, and every non-finite value into NaN. No
+  backscatter can be there: ``10·log10`` of the smallest positive float32 is about −458 dB. The unmask
+  is the last operation before the cast, after any resampling, so the sentinel is never interpolated.
 * **Request size**: Earth Engine refuses a ``computePixels`` answer above 48 MiB (50,331,648 bytes).
   :func:`plan_requests` sizes every request as bands × height × width × dtype size (plus a margin for the
   NPY header) and splits the bands into groups, and a band too large on its own into row strips.
@@ -98,6 +104,12 @@ NPY_HEADER_MARGIN = 64 * 1024
 DYNAMIC_WORLD = "GOOGLE/DYNAMICWORLD/V1"
 S1_GRD = "COPERNICUS/S1_GRD"
 S1_NATIVE_RESOLUTION_M = 10
+#: Value S1 masked pixels are unmasked to on the server (our choice; turned into NaN on decoding).
+S1_NODATA_DB = -9999.0
+#: S1 values below this (dB) are no-data: no float32 linear backscatter is below ≈ −458 dB.
+S1_FLOOR_DB = -500.0
+#: Value masked pixels are unmasked to, per modality (S2: SSL4EO-S12's 0 DN).
+NODATA_VALUE = {"s2_l1c": 0, "s2_l2a": 0, "s1_grd": S1_NODATA_DB}
 
 _EE_RESAMPLING = {"nearest": None, "bilinear": "bilinear", "cubic": "bicubic"}
 _S2_MODALITIES = ("s2_l1c", "s2_l2a")
@@ -232,8 +244,10 @@ def native_resolution(modality: str, band: str) -> float:
 
 
 def pixel_image(modality: str, image_index: str, bands: tuple[str, ...], grid_resolution: float,
-                resampling: str = "bilinear", harmonized: bool = False) -> ee.Image:
-    """The selected asset's ``bands`` (canonical order), resampled, unmasked to 0, cast to the archive dtype."""
+                resampling: str = "bilinear", harmonized: bool = False, nodata: float | None = None) -> ee.Image:
+    """The selected asset's ``bands`` (canonical order), resampled, unmasked to ``nodata`` (default the
+    modality's :data:`NODATA_VALUE`: 0 for S2, the :data:`S1_NODATA_DB` sentinel for S1), cast to the
+    archive dtype."""
     if resampling not in _EE_RESAMPLING:
         raise ValueError(f"resampling must be one of {sorted(_EE_RESAMPLING)}, got {resampling!r}")
     image = ee.Image(f"{collection_id(modality, harmonized)}/{image_index}")
@@ -246,8 +260,17 @@ def pixel_image(modality: str, image_index: str, bands: tuple[str, ...], grid_re
         out = image.select(list(bands)).resample(method)
     else:
         out = image.select(same).addBands(image.select(other).resample(method)).select(list(bands))
-    out = out.unmask(0, False)
+    out = out.unmask(NODATA_VALUE[modality] if nodata is None else nodata, False)
     return out.toUint16() if MODALITY_DTYPES[modality] == "uint16" else out.toFloat()
+
+
+def s1_nodata_to_nan(data: np.ndarray, floor_db: float = S1_FLOOR_DB) -> np.ndarray:
+    """S1 dB pixels as served for :func:`pixel_image` → the archive's convention, in place: NaN for every
+    no-data pixel (the :data:`S1_NODATA_DB` sentinel, anything below ``floor_db``, non-finite values);
+    valid values unchanged. Returns ``data``."""
+    with np.errstate(invalid="ignore"):
+        data[~np.isfinite(data) | (data < floor_db)] = np.nan
+    return data
 
 
 def dw_collection(grid: PatchGrid, window: SeasonWindow) -> ee.ImageCollection:
@@ -698,6 +721,8 @@ class EarthEngineSource:
             image = pixel_image(name, sel.image_index, bands, grid.resolution, self.resampling,
                                 self.options.harmonized)
             data = self._pixels(name, image, bands, grid, dtype, f"earthengine {name} pixels, {where}")
+            if name == "s1_grd":
+                s1_nodata_to_nan(data)
             images[name] = ModalityImage(data=data, bands=bands, acquired=sel.acquired, image_id=sel.image_index,
                                          cloud_pct=sel.cloud_pct)
             extra[f"{name}_candidates"] = str(sel.count)

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from train.evaluate.features import prepare_batch, resolve_device
+from train.evaluate.bootstrap import BootstrapConfig, classification_intervals
 from train.evaluate.probe import classification_metrics
 
 __all__ = ["FinetuneModel", "dihedral_augment", "finetune"]
@@ -85,7 +87,8 @@ def finetune(backbone: nn.Module, train_set: Dataset, test_set: Dataset | None, 
              lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 0.05, batch_size: int = 32,
              warmup_epochs: float = 0.0, device: str | torch.device = "cpu", seed: int = 0,
              resize_to: int | None = None, augment: bool = True, num_workers: int = 0,
-             max_steps_per_epoch: int | None = None, amp: bool = False) -> dict[str, Any]:
+             max_steps_per_epoch: int | None = None, amp: bool = False,
+             bootstrap: BootstrapConfig | Mapping[str, Any] | None = None, test_groups: Any = None) -> dict[str, Any]:
     """Fine-tune a copy of ``backbone`` with a linear head on ``train_set``; score ``test_set``.
 
     Args:
@@ -96,6 +99,8 @@ def finetune(backbone: nn.Module, train_set: Dataset, test_set: Dataset | None, 
             only trains.
         lr, head_lr: backbone and head learning rates.
         max_steps_per_epoch: cap the steps per epoch (smoke runs).
+        bootstrap, test_groups: percentile bootstrap intervals of the test metrics, resampling whole
+            groups (:func:`~train.evaluate.bootstrap.classification_intervals`); None = no intervals.
 
     Returns:
         ``{"metrics", "per_class_ap", "train_losses", "step_losses", "config", "seconds"}``.
@@ -154,6 +159,7 @@ def finetune(backbone: nn.Module, train_set: Dataset, test_set: Dataset | None, 
 
     metrics: dict[str, float] = {}
     per_class: list[float | None] = []
+    intervals: dict[str, Any] | None = None
     if test_set is not None and len(test_set):  # type: ignore[arg-type]
         model.eval()
         scores, targets = [], []
@@ -165,7 +171,11 @@ def finetune(backbone: nn.Module, train_set: Dataset, test_set: Dataset | None, 
                 scores.append(out.float().cpu())
                 targets.append(torch.as_tensor(batch["label"]))
         metrics, per_class = classification_metrics(torch.cat(scores), torch.cat(targets), num_classes)
-    return {"metrics": metrics, "per_class_ap": per_class, "train_losses": epoch_losses, "step_losses": step_losses,
+        cfg = BootstrapConfig.coerce(bootstrap)
+        if cfg is not None:
+            intervals = classification_intervals(torch.cat(scores), torch.cat(targets), num_classes, threshold=0.0,
+                                                 groups=test_groups, config=cfg)
+    return {"metrics": metrics, "per_class_ap": per_class, **({"intervals": intervals} if intervals else {}), "train_losses": epoch_losses, "step_losses": step_losses,
             "config": {"epochs": epochs, "lr": lr, "head_lr": head_lr, "weight_decay": weight_decay,
                        "batch_size": batch_size, "warmup_epochs": warmup_epochs, "seed": seed,
                        "augment": "dihedral" if augment else None, "resize_to": resize_to,

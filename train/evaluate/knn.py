@@ -11,20 +11,33 @@ mAP metrics of :func:`train.evaluate.probe.classification_metrics`.
 
 Queries are processed in chunks so the full query × train similarity matrix never exists; several
 ``k`` share one ``topk`` of the largest k. ``k`` larger than the training set is clipped.
+
+Default ``k``: :data:`DEFAULT_K` = 5, 10, 20, 100. k = 5 is the kNN of frozen-feature benchmark
+tooling for Earth observation (e.g. torchgeo-bench's "KNN-5" on the GEO-Bench classification data
+sets) and is the headline of ``softcon evaluate`` (:data:`HEADLINE_K`); 10, 20 and 100 are kept
+from DINO's kNN evaluation. With ``bootstrap`` settings, the headline ``k``'s metrics get
+percentile bootstrap intervals over the test items (:mod:`train.evaluate.bootstrap`; whole
+``groups`` when given).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from train.evaluate.bootstrap import BootstrapConfig, classification_intervals
 from train.evaluate.probe import classification_metrics, is_multilabel
 
-__all__ = ["knn_evaluate", "knn_scores"]
+__all__ = ["DEFAULT_K", "HEADLINE_K", "knn_evaluate", "knn_scores"]
+
+#: Neighbour counts evaluated by default.
+DEFAULT_K: tuple[int, ...] = (5, 10, 20, 100)
+#: The k reported as the kNN headline by ``softcon evaluate`` (module docstring).
+HEADLINE_K = 5
 
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -91,16 +104,23 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
 
 
 def knn_evaluate(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
-                 k: int | Sequence[int] = (10, 20, 100), temperature: float = 0.07, primary_k: int | None = None,
+                 k: int | Sequence[int] = DEFAULT_K, temperature: float = 0.07, primary_k: int | None = None,
                  num_classes: int | None = None, chunk_size: int | None = None,
-                 device: str | torch.device = "cpu") -> dict[str, Any]:
+                 device: str | torch.device = "cpu", bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
+                 groups: Any = None) -> dict[str, Any]:
     """kNN metrics for each ``k``.
+
+    Args:
+        bootstrap: interval settings (:class:`~train.evaluate.bootstrap.BootstrapConfig` or a
+            mapping); None = no intervals.
+        groups: per test item group ids for the grouped bootstrap (None: items).
 
     Returns:
         ``{"metrics": ..., "per_class_ap": ..., "by_k": {str(k): metrics}, "config": ...}`` where the
-        top-level ``metrics`` / ``per_class_ap`` are those of ``primary_k`` (default 20 when
-        evaluated, else the first ``k``). Multi-label metrics as the linear probe (scores are vote
-        fractions, so ``F1``/Hamming use a 0.5 vote threshold); single-label ``OA``.
+        top-level ``metrics`` / ``per_class_ap`` are those of ``primary_k`` (default: 20 when
+        evaluated, else the first ``k``; ``softcon evaluate`` passes :data:`HEADLINE_K`), plus
+        ``"intervals"`` (of ``primary_k``) with ``bootstrap``. Multi-label metrics as the linear
+        probe (scores are vote fractions, so ``F1``/Hamming use a 0.5 vote threshold); single-label ``OA``.
     """
     t0 = time.perf_counter()
     ks = [int(k)] if isinstance(k, int) else [int(v) for v in k]
@@ -121,9 +141,17 @@ def knn_evaluate(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     pk = primary_k if primary_k is not None else (20 if 20 in ks else ks[0])
     if str(pk) not in by_k:
         raise ValueError(f"primary_k={pk} is not among k={ks}")
-    return {"metrics": dict(by_k[str(pk)], k=pk), "per_class_ap": per_class[str(pk)], "by_k": by_k,
-            "config": {"k": ks, "primary_k": pk, "temperature": temperature, "n_train": len(train_y),
-                       "n_test": len(test_y), "multilabel": multilabel,
-                       "vote": "normalised exp(cos/T) weights"},
-            "seconds": round(time.perf_counter() - t0, 3)}
+    out = {"metrics": dict(by_k[str(pk)], k=pk), "per_class_ap": per_class[str(pk)], "by_k": by_k,
+           "config": {"k": ks, "primary_k": pk, "temperature": temperature, "n_train": len(train_y),
+                      "n_test": len(test_y), "multilabel": multilabel,
+                      "vote": "normalised exp(cos/T) weights"}}
+    cfg = BootstrapConfig.coerce(bootstrap)
+    if cfg is not None and len(test_y):
+        s = scores[int(pk)]
+        out["intervals"] = (classification_intervals(s, test_y, threshold=0.5, groups=groups, config=cfg)
+                            if multilabel else
+                            classification_intervals(s, test_y, num_classes, probabilities=True, groups=groups,
+                                                     config=cfg))
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
 

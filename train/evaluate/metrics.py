@@ -5,7 +5,9 @@ Two families, both in torch and device-agnostic (they run where the inputs live)
 Classification (linear probing, §5.6)
     :func:`average_precision`, :func:`mean_average_precision`, :func:`overall_accuracy`,
     :func:`hamming_loss`. AP is the non-interpolated step-wise AP of
-    ``sklearn.metrics.average_precision_score``.
+    ``sklearn.metrics.average_precision_score``. :class:`WeightedAP` /
+    :func:`weighted_average_precision` give the same AP for many count-weighted copies of a data set
+    at once (bootstrap resamples, :mod:`train.evaluate.bootstrap`).
 
 Multi-label retrieval (§5.1, §5.2, §6)
     :func:`retrieval_metrics` (means over queries) and :func:`retrieval_metrics_per_query`
@@ -61,8 +63,10 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "WeightedAP",
     "average_precision",
     "mean_average_precision",
+    "weighted_average_precision",
     "overall_accuracy",
     "hamming_loss",
     "retrieval_metrics",
@@ -127,6 +131,84 @@ def average_precision(scores, targets) -> torch.Tensor:
     end = torch.cummin(end.flip(0), dim=0).values.flip(0)
     ap = (pos * precision.gather(0, end)).sum(0) / pos.sum(0)  # 0/0 -> NaN for no positives
     return ap[0] if squeeze else ap
+
+
+class WeightedAP:
+    """Average precision of many **weighted copies** of one data set (bootstrap resamples).
+
+    Weight ``w_bn`` is how many times item ``n`` occurs in copy ``b`` (integer counts, 0 =
+    absent). ``WeightedAP(scores, targets)(weights)`` equals :func:`average_precision` of each data
+    set in which every item is repeated ``w_bn`` times (copies of an item tie with each other, and
+    ties enter together). The ranking is computed once, in the constructor. Let
+    ``e_1 < e_2 < ... < e_K`` be the ranks that end a tied group holding a positive, and segment
+    ``k`` the ranks in ``(e_{k−1}, e_k]``: every positive of segment ``k`` has group end ``e_k``.
+    With ``A_k`` / ``T_k`` the weight of all / of the positive items in segment ``k``
+    (``numpy.bincount`` with weights), ``AP_b = Σ_k T_k · (Σ_{k'≤k} T_k') / (Σ_{k'≤k} A_k') / Σ_k T_k``.
+    Integer counts are summed in float64, exactly.
+
+    Args:
+        scores, targets: ``(N, C)`` or ``(N,)``, as :func:`average_precision`.
+        flatten: one AP of the ``N·C`` flattened (score, target) pairs, each pair weighted by its
+            item (micro averaging).
+    """
+
+    def __init__(self, scores, targets, flatten: bool = False):
+        s = _tensor(scores).to(torch.float64).cpu().numpy()
+        t = _tensor(targets).cpu().numpy()
+        if s.shape != t.shape or s.ndim not in (1, 2):
+            raise ValueError(f"scores {s.shape} and targets {t.shape} must be equal (N,) or (N, C)")
+        self.squeeze = s.ndim == 1 or flatten
+        if s.ndim == 1:
+            s, t = s[:, None], t[:, None]
+        self.n, self.c = s.shape
+        self.flatten = flatten
+        columns = [(s.reshape(-1), t.reshape(-1) > 0)] if flatten else [(s[:, j], t[:, j] > 0) for j in range(self.c)]
+        self.n_columns = len(columns)
+        self.plans = []  # (column, K, segment rows per weight vector, positive items, their segments)
+        for j, (sc, pos) in enumerate(columns):
+            length = len(sc)
+            if length == 0 or not pos.any():
+                continue
+            order = np.argsort(-sc, kind="stable")
+            s_sorted = sc[order]
+            is_end = np.ones(length, bool)
+            is_end[:-1] = s_sorted[:-1] != s_sorted[1:]
+            end = np.where(is_end, np.arange(length), length)
+            end = np.minimum.accumulate(end[::-1])[::-1]  # group end of every rank
+            ends = np.unique(end[pos[order]])  # e_1 < ... < e_K
+            seg = np.empty(length, np.int64)
+            seg[order] = np.searchsorted(ends, np.arange(length))  # K = after e_K (unused)
+            pos_idx = np.flatnonzero(pos)
+            rows = np.ascontiguousarray(seg.reshape(self.n, self.c).T) if flatten else seg[None, :]
+            self.plans.append((j, len(ends), rows, pos_idx // self.c if flatten else pos_idx, seg[pos_idx]))
+
+    def __call__(self, weights) -> torch.Tensor:
+        """float64 ``(B, C)`` for ``(B, N)`` weights (``(B,)`` for 1-D input or ``flatten``); ``NaN``
+        where a class has no weighted positive."""
+        w_all = np.asarray(weights.cpu() if isinstance(weights, torch.Tensor) else weights, dtype=np.float64)
+        if w_all.ndim != 2 or w_all.shape[1] != self.n:
+            raise ValueError(f"weights must be (B, {self.n}), got {w_all.shape}")
+        out = np.full((w_all.shape[0], self.n_columns), np.nan)
+        for j, k, rows, pos_item, pos_seg in self.plans:
+            for b, w in enumerate(w_all):
+                a_seg = np.zeros(k + 1)
+                for row in rows:  # every element of item n takes the weight of item n
+                    a_seg += np.bincount(row, weights=w, minlength=k + 1)
+                t_seg = np.bincount(pos_seg, weights=w[pos_item], minlength=k + 1)[:k]
+                total = t_seg.sum()
+                if total > 0:
+                    ratio = np.cumsum(t_seg) / np.maximum(np.cumsum(a_seg[:k]), 1e-300)
+                    out[b, j] = float((t_seg * ratio).sum()) / total  # not BLAS: slower for this size
+        res = torch.from_numpy(out)
+        return res[:, 0] if self.squeeze else res
+
+
+def weighted_average_precision(scores, targets, weights, flatten: bool = False) -> torch.Tensor:
+    """:class:`WeightedAP` in one call: AP of every weighted copy ``(B, N)`` of the data set.
+
+    Returns float64 ``(B, C)`` (``(B,)`` for 1-D input or ``flatten``).
+    """
+    return WeightedAP(scores, targets, flatten)(weights)
 
 
 def mean_average_precision(

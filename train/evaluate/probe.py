@@ -16,13 +16,17 @@ minibatch order comes from a ``torch.Generator`` seeded with ``seed``: a run is 
 its inputs. ``batch_size=None`` trains full-batch. ``lr`` may be a list: each value is trained on
 ``1 − val_fraction`` of the training set and scored on the rest (mAP_macro or OA), and the best one is
 retrained on the whole training set (``selected_lr`` in the result).
+
+With ``bootstrap`` settings the test metrics get percentile bootstrap intervals over the test
+items (:mod:`train.evaluate.bootstrap`; whole ``test_groups`` when given), in ``intervals``. The
+probe with the regularisation chosen on a validation split is :mod:`train.evaluate.logistic`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from train.evaluate.bootstrap import BootstrapConfig, classification_intervals
 from train.evaluate.metrics import (
     average_precision,
     hamming_loss,
@@ -115,12 +120,16 @@ class ProbeResult:
     standardizer: Standardizer | None = None
     seconds: float = 0.0
     lr_search: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no tensors)."""
-        return {"metrics": self.metrics, "per_class_ap": self.per_class_ap, "config": self.config,
-                "final_train_loss": self.train_losses[-1] if self.train_losses else None,
-                "lr_search": self.lr_search, "seconds": round(self.seconds, 3)}
+        out = {"metrics": self.metrics, "per_class_ap": self.per_class_ap, "config": self.config,
+               "final_train_loss": self.train_losses[-1] if self.train_losses else None,
+               "lr_search": self.lr_search, "seconds": round(self.seconds, 3)}
+        if self.intervals:
+            out["intervals"] = self.intervals
+        return out
 
 
 def _fit(x: torch.Tensor, y: torch.Tensor, num_classes: int, multilabel: bool, epochs: int, lr: float,
@@ -165,7 +174,9 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
                        num_classes: int | None = None, epochs: int = 100, lr: float | Sequence[float] = 1e-3,
                        weight_decay: float = 1e-4, batch_size: int | None = 256, seed: int = 0,
                        device: str | torch.device = "cpu", standardize: bool = True,
-                       val_fraction: float = 0.2, keep_scores: bool = True) -> ProbeResult:
+                       val_fraction: float = 0.2, keep_scores: bool = True,
+                       bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
+                       test_groups: Any = None) -> ProbeResult:
     """Train a linear classifier on ``train_x`` and score it on ``test_x`` (module docstring).
 
     Args:
@@ -178,6 +189,9 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
         seed: minibatch order and the validation split.
         standardize: z-score the features with the training statistics.
         keep_scores: keep the test logits in the result.
+        bootstrap: interval settings (:class:`~train.evaluate.bootstrap.BootstrapConfig` or a
+            mapping); None = no intervals.
+        test_groups: per test item group ids for the grouped bootstrap (None: items).
 
     Returns:
         :class:`ProbeResult`; ``metrics`` is empty when no test set is given.
@@ -219,17 +233,22 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: tor
     metrics: dict[str, float] = {}
     per_class: list[float | None] = []
     scores = None
+    intervals: dict[str, Any] = {}
     if test_x is not None and test_y is not None:
         xte = torch.as_tensor(test_x).float()
         xte = std(xte) if std else xte
         with torch.no_grad():
             scores = head(xte)
         metrics, per_class = classification_metrics(scores, torch.as_tensor(test_y), c)
+        cfg = BootstrapConfig.coerce(bootstrap)
+        if cfg is not None and len(scores):
+            intervals = classification_intervals(scores, torch.as_tensor(test_y), c, threshold=0.0,
+                                                 groups=test_groups, config=cfg)
     config = {"multilabel": multilabel, "num_classes": c, "epochs": epochs, "lr": lrs if len(lrs) > 1 else best,
               "selected_lr": best, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed,
               "standardize": standardize, "optimizer": "AdamW, cosine to 0, zero-initialised head",
               "n_train": len(train_x), "n_test": len(test_x) if test_x is not None else 0}
     return ProbeResult(metrics=metrics, per_class_ap=per_class, scores=scores if keep_scores else None,
                        train_losses=losses, config=config, head=head, standardizer=std,
-                       seconds=time.perf_counter() - t0, lr_search=search)
+                       seconds=time.perf_counter() - t0, lr_search=search, intervals=intervals)
 

@@ -11,9 +11,10 @@ Input: the results dictionary of :func:`train.evaluate.run.evaluate`::
 Outputs in ``out_dir``:
 
 * ``results.json``: everything (NaN and infinities written as ``null``, so it is strict JSON);
-* ``results.md``: one row per checkpoint (baselines included), one column per headline metric
-  (:data:`HEADLINE_METRICS`; values × 100, "–" = not run / not defined), then the protocol settings
-  and the load notes;
+* ``results.md``: the data set facts (for BigEarthNet its version, band convention and input
+  statistics), one row per checkpoint (baselines included), one column per headline metric
+  (:data:`HEADLINE_METRICS`; values × 100, "–" = not run / not defined; ``value [low, high]`` with
+  the bootstrap interval when computed), then the protocol settings and the load notes;
 * ``per_class_ap_<protocol>.png``: grouped bars, one group per class and one bar per checkpoint
   (classes without a positive in the test split have no bar and are marked "n/a").
 """
@@ -30,10 +31,11 @@ import numpy as np
 
 __all__ = ["HEADLINE_METRICS", "PROTOCOL_ORDER", "plot_per_class_ap", "results_table", "to_jsonable", "write_report"]
 
-PROTOCOL_ORDER: tuple[str, ...] = ("linear", "knn", "finetune", "retrieval")
+PROTOCOL_ORDER: tuple[str, ...] = ("linear", "logistic", "knn", "finetune", "retrieval")
 #: Columns of the markdown table, per protocol, in order (shown when at least one row has them).
 HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "linear": ("OA", "mAP_macro", "mAP_micro", "F1_macro", "F1_micro"),
+    "logistic": ("OA", "mAP_macro", "mAP_micro", "F1_macro", "F1_micro"),
     "knn": ("OA", "mAP_macro", "mAP_micro"),
     "finetune": ("OA", "mAP_macro", "mAP_micro", "F1_macro"),
     "retrieval": ("mAP@20", "mAP@100", "mAP@all", "P@20", "NDCG@20", "hard/mAP@all"),
@@ -75,6 +77,17 @@ def _fmt(v: Any) -> str:
     return f"{100.0 * float(v):.2f}"
 
 
+def _cell(block: Any, metric: str) -> str:
+    """``value`` × 100, or ``value [low, high]`` when the block has a bootstrap interval for ``metric``."""
+    if not isinstance(block, Mapping):
+        return "–"
+    text = _fmt(block.get("metrics", {}).get(metric))
+    iv = ((block.get("intervals") or {}).get("metrics") or {}).get(metric)
+    if text != "–" and isinstance(iv, Mapping) and _fmt(iv.get("low")) != "–" and _fmt(iv.get("high")) != "–":
+        text += f" [{_fmt(iv['low'])}, {_fmt(iv['high'])}]"
+    return text
+
+
 def _columns(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
     cols = []
     for proto in PROTOCOL_ORDER:
@@ -90,7 +103,8 @@ def _md_escape(text: str) -> str:
 
 
 def results_table(results: Mapping[str, Any]) -> str:
-    """The markdown comparison table (rows: checkpoints; columns: headline metrics × 100)."""
+    """The markdown comparison table (rows: checkpoints; columns: headline metrics × 100, with the
+    bootstrap interval as ``value [low, high]`` where the protocol computed one)."""
     rows = results.get("checkpoints", {})
     cols = _columns(rows)
     header = ["checkpoint", "kind", "backbone", "dim"] + [f"{p} {m}" for p, m in cols]
@@ -99,8 +113,7 @@ def results_table(results: Mapping[str, Any]) -> str:
         cells = [f"`{_md_escape(label)}`", _md_escape(row.get("kind", "")), _md_escape(row.get("backbone") or "–"),
                  str(row.get("feature_dim", "–"))]
         for proto, metric in cols:
-            block = row.get(proto)
-            cells.append(_fmt(block.get("metrics", {}).get(metric)) if isinstance(block, Mapping) else "–")
+            cells.append(_cell(row.get(proto), metric))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -113,7 +126,20 @@ def _markdown(results: Mapping[str, Any], images: Mapping[str, str]) -> str:
              ("train fraction", results.get("fraction")), ("seed", results.get("seed")),
              ("input scaling", results.get("normalizer_source")),
              ("protocols", ", ".join(results.get("protocols", []) or []))]
+    dataset = results.get("dataset") or {}
+    facts += [("data set", dataset.get("dataset")), ("bands", dataset.get("band_convention")),
+              ("labels", dataset.get("labels")), ("band statistics", dataset.get("statistics"))]
+    boot = results.get("bootstrap") or {}
+    if boot:
+        text = (f"[low, high] = {100 * boot.get('confidence', 0.95):g} % {boot.get('method')}, "
+                f"{boot.get('n_resamples')} resamples (seed {boot.get('seed')}), resampling unit: {boot.get('unit')}")
+        facts.append(("intervals", text))
     out += [f"- **{k}**: {v}" for k, v in facts if v is not None]
+    for label, ov in (results.get("overlap") or {}).items():  # evaluated with --allow-overlap
+        warning = (f"**Warning: checkpoint `{_md_escape(label)}` ({_md_escape(ov.get('checkpoint'))}) was trained "
+                   f"on {ov.get('n_test_overlap')} patches of this test split (--allow-overlap): its scores are not "
+                   "held out.**")
+        out += ["", warning]
     out += ["", "All values × 100. `–`: not run or not defined.", "", results_table(results), ""]
     settings = results.get("protocol_settings") or {}
     if settings:

@@ -3,9 +3,11 @@
 :func:`evaluate` is what ``softcon evaluate CHECKPOINT... --task ...`` and the evaluation flow call.
 
 Splits (:func:`build_splits`)
-    * ``archive`` (:class:`~train.evaluate.tasks.ArchiveTask`): its own by-location split,
-      ``split="train"`` / ``"test"``, with ``seed`` (the task's split seed; ``task_kwargs["seed"]`` wins)
-      and ``test_fraction``.
+    * ``archive`` (:class:`~train.evaluate.tasks.ArchiveTask`): the **archive's own split**
+      (:mod:`pipeline.split`, by location): probes and kNN are fitted on ``train``, hyper-parameters
+      belong to ``val`` (``build_splits(..., with_val=True)``), scores come from ``test``. ``seed`` and
+      ``test_fraction`` do not apply (``softcon split STORE`` rewrites the split); an archive without
+      a split is refused (:class:`~pipeline.errors.BadInput`).
     * ``bigearthnet_v2`` with ``<root>/metadata.parquet``: the official ``train`` / ``test`` splits.
     * ``train_split_ids`` **and** ``test_split_ids`` in ``task_kwargs`` (files or lists of ids, e.g.
       the official BigEarthNet split CSVs): one task per side through the task's ``split_ids``.
@@ -16,7 +18,21 @@ Splits (:func:`build_splits`)
 
     ``fraction`` then keeps a seeded subset of the **training** side only
     (:func:`~train.evaluate.tasks.subsample`, seed ``seed``): ``fraction=0.1`` gives the
-    "BigEarthNet-10 %" protocol; the test side is always complete.
+    "BigEarthNet-10 %" protocol (CROMA, Fuller et al., NeurIPS 2023: probes fitted on 10 % of the
+    training split, scored on a complete held-out split; CROMA scores on BigEarthNet's official
+    validation split, pass it as ``test_split_ids`` to do the same); the test and validation sides
+    are always complete. A reader option ``fraction`` (``--opt fraction=0.1``) means the same.
+
+Groups
+    :func:`~train.evaluate.tasks.item_groups` gives one int per item of any returned split: the
+    location index for the archive (its seasons are one group), the item index for data sets of
+    independent patches. Retrieval splits queries/database by group.
+
+Training data vs test split (archive task)
+    Each checkpoint's recorded training patches (:func:`~train.evaluate.features.read_training_record`)
+    are compared with the test split (:func:`~train.evaluate.features.check_training_overlap`): an
+    overlap is refused (``BadInput``, exit code 2) unless ``allow_overlap``, which then records it in
+    ``results["overlap"]`` and a bold warning in ``results.md``; no record → note "training data unknown".
 
 Checkpoints and baselines
     Each entry is anything :func:`~train.evaluate.features.load_backbone_for_eval` accepts. The task
@@ -24,8 +40,16 @@ Checkpoints and baselines
     checkpoints (they must agree). ``baselines=True`` adds ``random:<arch>`` for every architecture
     among the checkpoints (same seed as everything else) and ``pixels``.
 
-Protocols: ``linear`` (:mod:`.probe`), ``knn`` (:mod:`.knn`), ``retrieval`` (:mod:`.retrieval`, on
-the test split) and ``finetune`` (:mod:`.finetune`; skipped for the pixel baseline).
+Protocols: ``linear`` (:mod:`.probe`, AdamW), ``logistic`` (:mod:`.logistic`: scikit-learn logistic
+regression, C chosen on the validation split, refitted on train + validation), ``knn`` (:mod:`.knn`;
+k = 5 is the headline, added to any ``k`` list), ``retrieval`` (:mod:`.retrieval`, on the test split)
+and ``finetune`` (:mod:`.finetune`; skipped for the pixel baseline).
+
+Confidence intervals (``bootstrap``): every linear / logistic / kNN test metric gets a 95 %
+percentile bootstrap interval over the test items, whole groups (:func:`~.tasks.item_groups`: the
+archive's locations) resampled together, 1000 seeded resamples by default (:mod:`.bootstrap`);
+``results.json`` keeps ``point``, ``low``, ``high``, ``n_resamples`` per metric (``intervals``),
+``results.md`` shows ``value [low, high]``.
 
 Input scaling (one for every row, baselines included): ``normalizer="auto"`` uses the scaling the
 checkpoints record (``normalizer`` metadata of ``backbone.safetensors`` or a pretraining config's
@@ -51,10 +75,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from train.data import Normalizer
+from train.evaluate.bootstrap import METHOD as BOOTSTRAP_METHOD
+from train.evaluate.bootstrap import BootstrapConfig
 from train.evaluate.features import (
     DEFAULT_CACHE_DIR,
     PIXELS,
     RANDOM_PREFIX,
+    check_training_overlap,
     checkpoint_label,
     extract_features,
     load_backbone_for_eval,
@@ -63,8 +90,8 @@ from train.evaluate.features import (
     resolve_device,
 )
 from train.evaluate.finetune import finetune
-from train.evaluate.knn import knn_evaluate
-from train.evaluate.metrics import imbriaco_split
+from train.evaluate.knn import DEFAULT_K, HEADLINE_K, knn_evaluate
+from train.evaluate.logistic import train_logistic_probe
 from train.evaluate.probe import train_linear_probe
 from train.evaluate.report import write_report
 from train.evaluate.retrieval import (
@@ -72,15 +99,22 @@ from train.evaluate.retrieval import (
     as_multi_hot,
     evaluate_retrieval,
     plot_retrieval_examples,
+    query_database_split,
     rank_database,
 )
-from train.evaluate.tasks import EvalTask, build_task, subsample
+from train.evaluate.tasks import (
+    EvalTask,
+    archive_split_patch_ids,
+    build_task,
+    item_groups,
+    subsample,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PROTOCOLS", "build_splits", "evaluate", "parse_task_options"]
 
-PROTOCOLS: tuple[str, ...] = ("linear", "knn", "retrieval", "finetune")
+PROTOCOLS: tuple[str, ...] = ("linear", "logistic", "knn", "retrieval", "finetune")
 
 
 # ============================================================================ helpers
@@ -118,25 +152,72 @@ def _has_reben_metadata(kw: Mapping[str, Any]) -> bool:
     return (Path(kw["root"]) / "metadata.parquet" if meta == "auto" else Path(meta)).is_file()
 
 
+def _archive_splits(kw: Mapping[str, Any]) -> tuple[Dataset, Dataset, Dataset, str]:
+    """The archive's own train / val / test (module docstring); refuses options of the old split."""
+    from pipeline.errors import BadInput
+
+    for key in ("seed", "test_fraction"):
+        if key in kw:
+            raise BadInput(f"task option {key!r} does not apply to the archive task: it uses the archive's own "
+                           f"train/val/test split (rewrite it with `softcon split {kw.get('store', 'STORE')}`)")
+    train, val, test = (build_task("archive", split=name, **kw) for name in ("train", "val", "test"))
+    for name, ds in (("train", train), ("test", test)):
+        if len(ds) == 0:
+            raise BadInput(f"{kw.get('store')}: the archive's {name} split has no done location with a labelled "
+                           "season")
+    rec = test.split_record  # type: ignore[attr-defined]
+    desc = (f"the archive's split by {rec.get('by')} (seed {rec.get('seed')}, val {rec.get('val')}, "
+            f"test {rec.get('test')}; {len(test.locations)} test locations)")  # type: ignore[attr-defined]
+    return train, val, test, desc
+
+
+def _train_fraction(kw: dict[str, Any], fraction: float | None, seed: int) -> tuple[float | None, int]:
+    """``(fraction, seed)`` of the training subset; pops the readers' ``fraction`` / ``fraction_seed`` from ``kw``.
+
+    A reader's own ``fraction`` would subsample whatever it reads, the test split included; in an
+    evaluation it always means the **training** side (BigEarthNet-10 %: CROMA, Fuller et al.,
+    NeurIPS 2023, fit on 10 % of the training split and score on a complete held-out split).
+    """
+    opt, opt_seed = kw.pop("fraction", None), kw.pop("fraction_seed", None)
+    if opt is not None and fraction is not None and float(opt) != float(fraction):
+        raise ValueError(f"two training fractions: fraction={fraction} and task option fraction={opt}")
+    return (fraction if fraction is not None else opt), (seed if opt_seed is None else int(opt_seed))
+
+
 def build_splits(task: str, task_kwargs: Mapping[str, Any] | None = None, seed: int = 0,
-                 test_fraction: float = 0.2, fraction: float | None = None) -> tuple[Dataset, Dataset, str]:
-    """``(train, test, description)`` for a registered task (module docstring)."""
+                 test_fraction: float = 0.2, fraction: float | None = None, *,
+                 with_val: bool = False) -> tuple[Dataset, Dataset, str] | tuple[Dataset, Dataset | None, Dataset, str]:
+    """``(train, test, description)`` for a registered task (module docstring).
+
+    ``with_val=True`` returns ``(train, val, test, description)``; ``val`` is the archive's
+    validation split, reBEN's official ``validation`` split (with ``metadata.parquet``), the
+    ``val_split_ids`` list (with split id lists), and None for tasks without one.
+
+    ``fraction`` (or the task option ``fraction``, seed ``fraction_seed`` or ``seed``) subsamples the
+    training side only; validation and test are never subsampled.
+    """
     kw = dict(task_kwargs or {})
     if "split" in kw:
         raise ValueError("task_kwargs must not set 'split': evaluate builds both sides (see build_splits)")
     train_ids, test_ids = kw.pop("train_split_ids", None), kw.pop("test_split_ids", None)
+    val_ids = kw.pop("val_split_ids", None)
     if (train_ids is None) != (test_ids is None):
         raise ValueError("give both train_split_ids and test_split_ids, or neither")
+    if val_ids is not None and train_ids is None:
+        raise ValueError("val_split_ids needs train_split_ids and test_split_ids")
+    fraction, fraction_seed = _train_fraction(kw, fraction, seed)
+    val: Dataset | None = None
     if task == "archive":
-        kw.setdefault("seed", seed)
-        kw.setdefault("test_fraction", test_fraction)
-        train, test = build_task(task, split="train", **kw), build_task(task, split="test", **kw)
-        desc = f"archive by-location split (seed {kw['seed']}, test_fraction {kw['test_fraction']})"
+        train, val, test, desc = _archive_splits(kw)
     elif train_ids is not None:
         train, test = build_task(task, split_ids=train_ids, **kw), build_task(task, split_ids=test_ids, **kw)
+        if val_ids is not None and with_val:
+            val = build_task(task, split_ids=val_ids, **kw)
         desc = "given split id lists"
     elif task == "bigearthnet_v2" and _has_reben_metadata(kw):
         train, test = build_task(task, split="train", **kw), build_task(task, split="test", **kw)
+        if with_val:
+            val = build_task(task, split="validation", **kw)
         desc = "official reBEN train/test (metadata.parquet)"
     else:
         full = build_task(task, **kw)
@@ -144,8 +225,10 @@ def build_splits(task: str, task_kwargs: Mapping[str, Any] | None = None, seed: 
         train, test = Subset(full, tr), Subset(full, te)
         desc = f"seeded {round(100 * (1 - test_fraction))}/{round(100 * test_fraction)} split by index (seed {seed})"
     if fraction is not None and fraction < 1.0:
-        train = subsample(train, fraction, seed)
-        desc += f"; training side subsampled to {fraction:g} (seed {seed})"
+        train = subsample(train, fraction, fraction_seed)
+        desc += f"; training side subsampled to {fraction:g} (seed {fraction_seed})"
+    if with_val:
+        return train, val, test, desc
     return train, test, desc
 
 
@@ -196,14 +279,22 @@ def _unique_labels(checkpoints: Sequence[str]) -> list[str]:
 
 
 def _protocol_settings(probe_kw: Mapping, knn_kw: Mapping, ret_kw: Mapping, ft_kw: Mapping,
-                       protocols: Sequence[str]) -> dict[str, str]:
+                       protocols: Sequence[str], lg_kw: Mapping | None = None) -> dict[str, str]:
+    lg = {k: v for k, v in (lg_kw or {}).items() if k not in ("device", "bootstrap", "test_groups", "train_groups")}
     text = {
+        "logistic": "frozen features, z-scored with the fitting set's statistics; scikit-learn L2 logistic "
+                    "regression (lbfgs; multi-label one-vs-rest, single-label multinomial); C chosen on the "
+                    "validation split (else a held-out 20 % of train groups) by mAP_macro (multi-label) / OA, "
+                    "ties to the smaller C, then refitted on train + validation; "
+                    f"{lg or 'C = 1e-4 … 1e4 (one per decade), max_iter 1000'}",
         "linear": "frozen features, z-scored with train statistics; linear head, AdamW + cosine, zero init; "
                   f"{ {k: v for k, v in probe_kw.items() if k != 'device'} or 'defaults (100 epochs, lr 1e-3, wd 1e-4, batch 256)'}; "
                   "multi-label: BCE, macro mAP drops classes without test positives; F1 at 0.5",
         "knn": "cosine kNN, votes weighted exp(cos/T) and normalised; "
-               f"{ {k: v for k, v in knn_kw.items() if k != 'device'} or 'k = 10, 20, 100 (table: 20), T = 0.07'}",
-        "retrieval": "test split, imbriaco_split 20 % queries / 80 % database "
+               f"{ {k: v for k, v in knn_kw.items() if k != 'device'} or 'k = 5, 10, 20, 100, T = 0.07'}; "
+               f"table: k = {knn_kw.get('primary_k', HEADLINE_K)}",
+        "retrieval": "test split, imbriaco_split 20 % queries / 80 % database, drawn over groups (archive: "
+                     "locations, so no season of a query's location is in its database; other tasks: items) "
                      f"(seed {ret_kw.get('seed', IMBRIACO_SEED)}); cosine ranking; relevance >= 1 shared label; "
                      "AP@K normaliser = relevant retrieved (spec (a)); queries without relevant items excluded; "
                      "hard = Jaccard >= 0.8 (step AP, not Imbriaco's trapezoid)",
@@ -213,9 +304,20 @@ def _protocol_settings(probe_kw: Mapping, knn_kw: Mapping, ret_kw: Mapping, ft_k
     return {p: text[p] for p in protocols}
 
 
+def _dataset_description(base: EvalTask, norm: Normalizer | None, norm_desc: str) -> dict[str, Any] | None:
+    """The task's own description (BigEarthNet: version, band convention) plus the input scaling used."""
+    describe = getattr(base, "describe", None)
+    if describe is None:
+        return None
+    out = dict(describe())
+    out["statistics"] = (f"{norm_desc}; {norm.mode} scaling of bands {', '.join(norm.bands or ())}"
+                         if norm is not None else norm_desc)
+    return out
+
+
 # ============================================================================ evaluate
 def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: Mapping[str, Any] | None = None,
-             protocols: Sequence[str] = ("linear", "knn", "retrieval"), out_dir: str | os.PathLike = "output/eval",
+             protocols: Sequence[str] = ("linear", "logistic", "knn", "retrieval"), out_dir: str | os.PathLike = "output/eval",
              fraction: float | None = None, seed: int = 0, device: str = "auto", baselines: bool = True, *,
              backbone_name: str | None = None, batch_size: int = 64, num_workers: int = 0,
              cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR, resize_to: int | None = None,
@@ -223,7 +325,9 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
              vit_pool: str = "cls", probe_kwargs: Mapping[str, Any] | None = None,
              knn_kwargs: Mapping[str, Any] | None = None, retrieval_kwargs: Mapping[str, Any] | None = None,
              finetune_kwargs: Mapping[str, Any] | None = None, plot_examples: int = 4,
-             plot_top_k: int = 5) -> dict[str, Any]:
+             plot_top_k: int = 5, allow_overlap: bool = False,
+             logistic_kwargs: Mapping[str, Any] | None = None,
+             bootstrap: BootstrapConfig | Mapping[str, Any] | bool | None = True) -> dict[str, Any]:
     """Evaluate checkpoints (plus baselines) on one task; write ``results.json`` / ``results.md`` /
     PNGs to ``out_dir``; return the results dictionary (its ``"files"`` lists what was written).
 
@@ -246,6 +350,12 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
             :func:`~.retrieval.evaluate_retrieval`, :func:`~.finetune.finetune`.
         plot_examples: retrieval example queries per checkpoint (0 = no plots), each with
             ``plot_top_k`` results.
+        allow_overlap: archive task: evaluate a checkpoint whose recorded training patches include
+            test-split patches (refused otherwise); the report then says so in bold.
+        logistic_kwargs: passed to :func:`~.logistic.train_logistic_probe` (e.g. ``Cs``).
+        bootstrap: confidence intervals of the linear / logistic / kNN test metrics
+            (:mod:`.bootstrap`): True (default: 1000 resamples, 95 %, seed ``seed``), a mapping of
+            :class:`~.bootstrap.BootstrapConfig` fields, a config, or False / None (none).
     """
     t_start = time.perf_counter()
     protocols = list(protocols)
@@ -259,6 +369,18 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
     knn_kw = dict(knn_kwargs or {})
     ret_kw = dict(retrieval_kwargs or {})
     ft_kw = dict(finetune_kwargs or {})
+    lg_kw = dict(logistic_kwargs or {})
+    if bootstrap is True:
+        boot: BootstrapConfig | None = BootstrapConfig(seed=seed)
+    elif isinstance(bootstrap, Mapping):
+        boot = BootstrapConfig(**{"seed": seed, **bootstrap})
+    else:
+        boot = bootstrap or None
+    knn_kw.setdefault("primary_k", HEADLINE_K)
+    ks = [knn_kw["k"]] if isinstance(knn_kw.get("k"), int) else list(knn_kw.get("k", DEFAULT_K))
+    if knn_kw["primary_k"] not in ks:  # the headline k is always evaluated
+        ks.append(int(knn_kw["primary_k"]))
+    knn_kw["k"] = ks
 
     # -- checkpoints, modality
     ckpts = [resolve_checkpoint(c) for c in checkpoints]
@@ -288,7 +410,9 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
     labels = _unique_labels(ckpts)
 
     # -- data
-    train_ds, test_ds, split_desc = build_splits(task, kw, seed, test_fraction, fraction)
+    train_ds, val_ds, test_ds, split_desc = build_splits(task, kw, seed, test_fraction, fraction, with_val=True)
+    if fraction is None and kw.get("fraction") is not None:  # given as a task option: same meaning
+        fraction = float(kw["fraction"])
     base = _base(train_ds)
     modality, bands = base.modality, list(base.bands)
     multilabel = bool(base.multilabel)
@@ -296,6 +420,15 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
     norm, norm_desc = _make_normalizer(normalizer, modality, bands, infos)
     log.info("%s: %d train / %d test items (%s), %d classes, modality %s", task, len(train_ds), len(test_ds),
              split_desc, len(classes), modality)
+    # -- training data of each checkpoint vs the archive's test split (refused before any feature work)
+    training_data: dict[str, dict[str, Any]] = {}
+    if task == "archive":
+        store = kw["store"]
+        training_data = check_training_overlap(
+            ckpts, labels, store, archive_split_patch_ids(store, "test", kw.get("storage_options")),
+            getattr(base, "manifest_hash", None), allow_overlap)
+    test_groups = item_groups(test_ds)
+    train_groups = item_groups(train_ds)
 
     # retrieval example queries, shared by all checkpoints (chosen from the first test labels seen)
     examples: list[int] | None = None
@@ -309,8 +442,11 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
                                        vit_pool=vit_pool, seed=seed)
         row: dict[str, Any] = {"checkpoint": ck, "kind": model.kind, "backbone": model.backbone_name,
                                "feature_dim": model.feature_dim, "notes": list(model.notes)}
+        if label in training_data:
+            row["notes"] += training_data[label]["notes"]
+            row["training_data"] = {k: v for k, v in training_data[label].items() if k != "notes"}
         log.info("evaluating %s (%s, %s, %d-d features)", label, model.kind, model.backbone_name, model.feature_dim)
-        needs_train = any(p in protocols for p in ("linear", "knn"))
+        needs_train = any(p in protocols for p in ("linear", "logistic", "knn"))
         needs_test = needs_train or "retrieval" in protocols
         common = {"batch_size": batch_size, "device": dev, "normalizer": norm, "resize_to": resize_to,
                   "cache_dir": cache_dir, "num_workers": num_workers, "amp": dev.type == "cuda"}
@@ -320,27 +456,37 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
             te_x, te_y = extract_features(model, test_ds, cache_name=f"{task}-{_safe(label)}-test", **common)
         if needs_train:
             tr_x, tr_y = extract_features(model, train_ds, cache_name=f"{task}-{_safe(label)}-train", **common)
+        va_x = va_y = None
+        if "logistic" in protocols and val_ds is not None and len(val_ds) > 0:
+            va_x, va_y = extract_features(model, val_ds, cache_name=f"{task}-{_safe(label)}-val", **common)
         row["feature_seconds"] = round(time.perf_counter() - t0, 3)
         if "linear" in protocols:
-            kwargs = {"seed": seed, "device": dev, **probe_kw}
+            kwargs = {"seed": seed, "device": dev, "bootstrap": boot, "test_groups": test_groups, **probe_kw}
             if not multilabel:
                 kwargs.setdefault("num_classes", len(classes))
             res = train_linear_probe(tr_x, tr_y, te_x, te_y, **kwargs)
             row["linear"] = res.to_dict()
+        if "logistic" in protocols:
+            kwargs = {"seed": seed, "bootstrap": boot, "test_groups": test_groups, "train_groups": train_groups,
+                      "val_x": va_x, "val_y": va_y, **lg_kw}
+            if not multilabel:
+                kwargs.setdefault("num_classes", len(classes))
+            row["logistic"] = train_logistic_probe(tr_x, tr_y, te_x, te_y, **kwargs).to_dict()
         if "knn" in protocols:
-            kwargs = {"device": dev, **knn_kw}
+            kwargs = {"device": dev, "bootstrap": boot, "groups": test_groups, **knn_kw}
             if not multilabel:
                 kwargs.setdefault("num_classes", len(classes))
             row["knn"] = knn_evaluate(tr_x, tr_y, te_x, te_y, **kwargs)
         if "retrieval" in protocols:
-            kwargs = dict(ret_kw)
+            kwargs = {"bootstrap": boot, **ret_kw}
             if not multilabel:
                 kwargs.setdefault("num_classes", len(classes))
+            kwargs.setdefault("groups", test_groups)  # queries and database never share a location
             row["retrieval"] = evaluate_retrieval(te_x, te_y, **kwargs)
             if examples is None and plot_examples > 0 and len(test_ds) >= 2:
                 y = as_multi_hot(te_y, None if multilabel else len(classes))
-                q, example_db = imbriaco_split(len(test_ds), kwargs.get("query_fraction", 0.2),
-                                               int(np.atleast_1d(kwargs.get("seed", IMBRIACO_SEED))[0]))
+                q, example_db = query_database_split(len(test_ds), kwargs["groups"], kwargs.get("query_fraction", 0.2),
+                                                     int(np.atleast_1d(kwargs.get("seed", IMBRIACO_SEED))[0]))
                 has_rel = (y[q] @ y[example_db].T > 0).any(1)
                 examples = q[has_rel][:plot_examples].tolist()
             if examples and example_db is not None:
@@ -356,7 +502,8 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
                 row["finetune"] = {"skipped": "no trainable parameters (raw-pixel baseline)"}
             else:
                 kwargs = {"seed": seed, "device": dev, "normalizer": norm, "resize_to": resize_to,
-                          "batch_size": min(batch_size, 32), "num_workers": num_workers, **ft_kw}
+                          "batch_size": min(batch_size, 32), "num_workers": num_workers, "bootstrap": boot,
+                          "test_groups": test_groups, **ft_kw}
                 row["finetune"] = finetune(model, train_ds, test_ds, num_classes=len(classes),
                                            multilabel=multilabel, **kwargs)
                 row["finetune"].pop("step_losses", None)
@@ -370,9 +517,18 @@ def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: M
         "modality": modality, "bands": bands, "classes": classes, "multilabel": multilabel,
         "n_train": len(train_ds), "n_test": len(test_ds), "split": split_desc, "fraction": fraction,
         "seed": seed, "device": str(dev), "protocols": protocols,
-        "protocol_settings": _protocol_settings(probe_kw, knn_kw, ret_kw, ft_kw, protocols),
+        "protocol_settings": _protocol_settings(probe_kw, knn_kw, ret_kw, ft_kw, protocols, lg_kw),
+        "n_val": None if val_ds is None else len(val_ds),
+        "bootstrap": None if boot is None else {
+            "method": BOOTSTRAP_METHOD, **boot.to_dict(),
+            "unit": "location (all items of a group together)" if task == "archive" else "item"},
+        "dataset": _dataset_description(base, norm, norm_desc),
         "normalizer": norm.to_dict() if norm is not None else None, "normalizer_source": norm_desc,
         "resize_to": resize_to,
+        "allow_overlap": allow_overlap,
+        "overlap": {label: {"checkpoint": rows[label]["checkpoint"], "n_test_overlap": t["n_test_overlap"],
+                            "n_patches": t["n_patches"]}
+                    for label, t in training_data.items() if t.get("n_test_overlap")},
         "checkpoints": rows, "files": files,
     }
     results["seconds"] = round(time.perf_counter() - t_start, 3)

@@ -343,6 +343,22 @@ def subsample(dataset: Dataset, fraction: float, seed: int = 0) -> Subset:
     return Subset(dataset, subsample_indices(len(dataset), fraction, seed).tolist())  # type: ignore[arg-type]
 
 
+def item_groups(dataset: Dataset) -> np.ndarray:
+    """The group of every item of ``dataset`` in its order (int64, ``len(dataset)``).
+
+    An :class:`EvalTask` gives its :attr:`EvalTask.groups`; a ``Subset`` (possibly nested) the
+    groups of the items it selects; any other data set one group per item (its index). Items
+    sharing a group are correlated (the seasons of one archive location): resample and split them
+    together (bootstrap by location, retrieval queries vs database).
+    """
+    if isinstance(dataset, Subset):
+        return item_groups(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    groups = getattr(dataset, "groups", None)
+    if groups is None:
+        return np.arange(len(dataset), dtype=np.int64)  # type: ignore[arg-type]
+    return np.asarray(groups, dtype=np.int64)
+
+
 # ============================================================================ base class
 class EvalTask(Dataset):
     """Common part of the tasks: modality check, ``fraction`` subsetting, item → sample dict."""
@@ -376,6 +392,13 @@ class EvalTask(Dataset):
     @property
     def ids(self) -> list[str]:
         return [self._item_id(it) for it in self._items]
+
+    @property
+    def groups(self) -> np.ndarray:
+        """One int64 group per item: items of a group are not independent (the seasons of one
+        location). Default: every item is its own group (its index), for data sets of independent
+        patches such as BigEarthNet and EuroSAT; :class:`ArchiveTask` groups by location."""
+        return np.arange(len(self._items), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -415,6 +438,9 @@ class _BigEarthNetTask(EvalTask):
     Items must have ``id`` (the patch name) and ``folder`` (holding ``<id>_<band>.tif``).
     """
 
+    #: Data set and version, as reports name it (:meth:`describe`).
+    version: ClassVar[str] = ""
+
     def __init__(self, root: str | os.PathLike, modality: str, nomenclature: int, size: int,
                  missing_fill: str | float, fraction: float, fraction_seed: int):
         super().__init__(modality, fraction, fraction_seed)
@@ -423,6 +449,28 @@ class _BigEarthNetTask(EvalTask):
         self.nomenclature = nomenclature
         self.size = size
         self.fill = missing_band_fill(missing_fill)
+        self.exclude_cloud_snow = False
+
+    def describe(self) -> dict[str, Any]:
+        """What a report needs to make the numbers comparable: version, bands and units, labels.
+
+        ``{"dataset", "modality", "bands", "band_convention", "labels", "cloud_snow_excluded"}``; the
+        input statistics are the evaluation's choice (its normaliser), not the reader's.
+        """
+        if self.modality == "s1_grd":
+            conv = "Sentinel-1 GRD VV, VH backscatter in dB (as distributed)"
+        else:
+            conv = ("Sentinel-2 L2A surface reflectance as distributed (DN = reflectance × 10000; 12 bands, "
+                    "no B10)")
+            if "B10" in self.bands:
+                conv += (f"; 13-band L1C layout: B10 inserted as the constant {self.fill['B10']:g} DN, the "
+                         "other bands stay L2A")
+        conv += (f"; every band at {self.size} × {self.size} px (bilinear on pixel centres, antialiased when "
+                 "shrinking; bands already at that size unchanged)")
+        return {"dataset": self.version, "modality": self.modality, "bands": list(self.bands),
+                "band_convention": conv,
+                "labels": f"BigEarthNet-{self.nomenclature} nomenclature ({self.num_classes} classes)",
+                "cloud_snow_excluded": self.exclude_cloud_snow}
 
     def _item_id(self, item: Any) -> str:
         return item.id
@@ -463,6 +511,7 @@ class BigEarthNetV1(_BigEarthNetTask):
     """
 
     task_name = "bigearthnet_v1"
+    version = "BigEarthNet v1.0 (Sumbul et al., IGARSS 2019; S1 patches of BigEarthNet-MM, Sumbul et al. 2021)"
     S2_DIR = "BigEarthNet-v1.0"
     S1_DIR = "BigEarthNet-S1-v1.0"
     EXCLUSION_LISTS = ("patches_with_cloud_and_shadow.csv.bz2", "patches_with_seasonal_snow.csv.bz2")
@@ -481,6 +530,7 @@ class BigEarthNetV1(_BigEarthNetTask):
         if wanted is not None:
             names = [n for n in names if n in wanted]
         self.excluded: list[str] = []
+        self.exclude_cloud_snow = exclude_cloud_snow
         if exclude_cloud_snow:
             lists = exclusion_lists or [self.root / "lists" / f for f in self.EXCLUSION_LISTS]
             missing = [str(p) for p in lists if not Path(p).is_file()]
@@ -554,6 +604,7 @@ class BigEarthNetV2(_BigEarthNetTask):
     """
 
     task_name = "bigearthnet_v2"
+    version = "reBEN, BigEarthNet v2.0 (Clasen et al. 2024)"
     SNOW_CLOUD_METADATA = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
 
     def __init__(self, root: str | os.PathLike, modality: str = "s2_l2a", split: str | None = None,
@@ -563,6 +614,7 @@ class BigEarthNetV2(_BigEarthNetTask):
                  fraction: float = 1.0, fraction_seed: int = 0):
         super().__init__(root, modality, nomenclature, size, missing_fill, fraction, fraction_seed)
         self.min_pixels = min_pixels
+        self.exclude_cloud_snow = exclude_cloud_snow
         table = self._read_metadata(metadata, exclude_cloud_snow)
         if split is not None and table is None:
             raise ValueError("split= needs reBEN's metadata.parquet (it holds the official splits)")
@@ -703,16 +755,55 @@ class EuroSAT(EvalTask):
 
 
 # ============================================================================ the curated archive
+#: Exit hint of :class:`ArchiveTask` when an archive has no split.
+SPLIT_COMMAND = "softcon split"
+
+
+def archive_split(store: str | os.PathLike, storage_options: dict | None = None) -> tuple[np.ndarray, dict]:
+    """The archive's per-patch split codes (``pipeline.split.SPLIT_CODES``) and its split record.
+
+    Raises :class:`~pipeline.errors.BadInput` naming the archive and the command that writes a split
+    (``softcon split STORE``) when the archive has none.
+    """
+    from pipeline.errors import BadInput
+    from pipeline.split import read_split
+
+    found = read_split(str(store), storage_options)
+    if found is None:
+        raise BadInput(f"{store}: the archive has no train/val/test split; write one with "
+                       f"`{SPLIT_COMMAND} {store}`")
+    codes, record = found
+    return np.asarray(codes), dict(record)
+
+
+def archive_split_patch_ids(store: str | os.PathLike, name: str, storage_options: dict | None = None) -> list[str]:
+    """``patch_id`` of every patch (location) in split ``name`` of the archive, whatever its status or labels."""
+    from pipeline.split import SPLIT_CODES
+    from pipeline.store import open_group
+
+    if name not in SPLIT_CODES:
+        raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, got {name!r}")
+    codes, _ = archive_split(store, storage_options)
+    group = open_group(str(store), "r", storage_options)
+    ids = np.asarray(group["patch_id"][:])
+    return [str(x) for x in ids[codes == SPLIT_CODES[name]]]
+
+
 class ArchiveTask(EvalTask):
     """The curated Zarr archive (:mod:`pipeline.store`) as a downstream task.
 
     Items are (location, season) pairs of **done** locations whose season is **labelled**
-    (``multi_hot`` not all zero, the same rule as :func:`pipeline.store.summarize`). The split is
-    **by location**: the locations with at least one labelled season are permuted with
-    ``numpy.random.default_rng(seed)`` and the first ``round(test_fraction × n)`` (at least one
-    on each side when there are two or more) form the test side, so all seasons of a location
-    fall on the same side. The split therefore depends on the seed and on which locations are
-    done and labelled.
+    (``multi_hot`` not all zero, the same rule as :func:`pipeline.store.summarize`).
+
+    Split: the **archive's own split** (variable ``split`` written by :mod:`pipeline.split`, by
+    sampling city or by grid cell): ``split="train"`` (probes and kNN are fitted on it), ``"val"``
+    (hyper-parameter selection) or ``"test"`` (scores). The split is per location, so all seasons
+    of a location are on the same side, and it is the same split a pretraining run records, which is
+    what lets evaluation detect a checkpoint trained on test patches. An archive without a split
+    raises :class:`~pipeline.errors.BadInput` (write one with ``softcon split STORE``). A split may be
+    empty (e.g. ``val`` of a tiny archive); callers that need items check ``len``.
+
+    ``groups`` (one int per item): the location (patch) index, for resampling by location.
 
     ``target="multi_hot"`` gives the Dynamic World presence vector (float32, 9 classes);
     ``target="dominant"`` the class with the largest ``label_fraction`` (first on ties) as an int.
@@ -725,24 +816,26 @@ class ArchiveTask(EvalTask):
     classes = DW_CLASSES
 
     def __init__(self, store: str | os.PathLike, modality: str = "s2_l1c", split: str = "train",
-                 test_fraction: float = 0.2, seed: int = 0, target: str = "multi_hot",
-                 missing_fill: str | float = "mean", storage_options: dict | None = None,
-                 fraction: float = 1.0, fraction_seed: int = 0):
+                 target: str = "multi_hot", missing_fill: str | float = "mean",
+                 storage_options: dict | None = None, fraction: float = 1.0, fraction_seed: int = 0):
         super().__init__(modality, fraction, fraction_seed)
+        from pipeline.split import SPLIT_CODES
         from pipeline.store import STATUS_DONE, open_group
 
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split must be one of {sorted(SPLIT_CODES, key=SPLIT_CODES.get)}, got {split!r}")
         if target not in ("multi_hot", "dominant"):
             raise ValueError(f"target must be 'multi_hot' or 'dominant', got {target!r}")
-        if not 0.0 < test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.store = str(store)
         self.storage_options = storage_options
-        self.split, self.target, self.seed, self.test_fraction = split, target, seed, test_fraction
+        self.split, self.target = split, target
         self.multilabel = target == "multi_hot"
         self.fill = missing_band_fill(missing_fill)
+        codes, record = archive_split(self.store, storage_options)
+        #: The archive's split record (``pipeline.split``); its hash is part of the feature-cache key.
+        self.split_record = {k: record.get(k) for k in ("version", "by", "val", "test", "seed", "grid_km", "hash")}
         group = open_group(self.store, "r", storage_options)
+        self.manifest_hash = group.attrs.get("manifest_hash")
         self.classes = tuple(group.attrs.get("class_names", DW_CLASSES))
         stored = dict(group.attrs["band_names"])
         self.source = self._source_modality(modality, stored)
@@ -753,20 +846,16 @@ class ArchiveTask(EvalTask):
         self._multi_hot = np.asarray(group["multi_hot"][:])
         self._fraction = np.asarray(group["label_fraction"][:])
         labelled = self._multi_hot.any(axis=-1) & (status == STATUS_DONE)[:, None]  # (P, S)
-        eligible = np.flatnonzero(labelled.any(axis=1))
-        n = len(eligible)
-        if n == 0:
-            raise ValueError(f"{self.store}: no done location with a labelled season")
-        n_test = int(math.floor(test_fraction * n + 0.5))
-        if n >= 2:
-            n_test = min(max(n_test, 1), n - 1)
-        perm = np.random.default_rng(seed).permutation(eligible)
-        side = perm[:n_test] if split == "test" else perm[n_test:]
-        #: Patch (location) indices on this side of the split, sorted.
-        self.locations = np.sort(side)
+        #: Patch (location) indices of this split with at least one labelled season, sorted.
+        self.locations = np.flatnonzero(labelled.any(axis=1) & (codes == SPLIT_CODES[split]))
         items = [(int(p), int(s)) for p in self.locations for s in np.flatnonzero(labelled[p])]
         self._set_items(items)
         self._array = None
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Location (patch) index of every item: the seasons of one location form one group."""
+        return np.asarray([p for p, _ in self._items], dtype=np.int64)
 
     @staticmethod
     def _source_modality(modality: str, stored: Mapping[str, Sequence[str]]) -> str:
@@ -832,16 +921,20 @@ __all__ = [
     "EUROSAT_CLASSES",
     "EUROSAT_FILE_BANDS",
     "L1C_B10_MEAN_DN",
+    "SPLIT_COMMAND",
     "TASKS",
     "ArchiveTask",
     "BigEarthNetV1",
     "BigEarthNetV2",
     "EuroSAT",
     "EvalTask",
+    "archive_split",
+    "archive_split_patch_ids",
     "assemble_bands",
     "ben43_to_ben19",
     "ben_labels",
     "build_task",
+    "item_groups",
     "missing_band_fill",
     "multi_hot",
     "read_id_list",

@@ -107,6 +107,16 @@ class MoCoV2Loss(nn.Module):
     as ``concat_all_gather`` does) are enqueued, FIFO with wrap-around.
     ``k`` is used as given; MoCo computes it under ``no_grad``.
 
+    Symmetrised use (``L(q1, k2) + L(q2, k1)``): both directions see the queue as
+    it was at the start of the step, and the keys of both views are enqueued once
+    afterwards, as the symmetric option of the official MoCo CIFAR-10 demo does
+    (facebookresearch/moco, ``colab/moco_cifar10_demo.ipynb``: ``k = cat([k1, k2])``
+    then one ``_dequeue_and_enqueue(k)``).  Enqueueing after the first direction
+    would put that direction's keys, among them the EMA view of the second
+    direction's own image, among the second direction's negatives.
+    :meth:`symmetric` does it; or call ``forward`` twice with ``update_queue=False``
+    and then :meth:`enqueue`.
+
     Args:
         dim: embedding dimension (MoCo: 128).
         queue_size: ``K`` (MoCo: 65536).
@@ -115,6 +125,7 @@ class MoCoV2Loss(nn.Module):
 
     Shapes:
         ``forward(q, k, update_queue=True)``: ``q``, ``k`` ``[B, dim]``; scalar.
+        ``symmetric(q1, q2, k1, k2)``: all ``[B, dim]``; scalar.
     """
 
     def __init__(
@@ -144,8 +155,22 @@ class MoCoV2Loss(nn.Module):
             per_anchor, _ = soft_target_nll(logits, target)
             loss = per_anchor.mean()
         if update_queue:
-            keys = gather_no_grad(k_n.detach()) if self.gather_distributed else k_n.detach()
-            self.queue.enqueue(keys)
+            self.enqueue(k)
+        return loss
+
+    @torch.no_grad()
+    def enqueue(self, k: Tensor) -> None:
+        """Enqueue the L2-normalised keys ``k`` ``[n, dim]`` (all ranks' keys, in rank order, when
+        ``gather_distributed``: every rank must call it, as for ``concat_all_gather``)."""
+        k_n = F.normalize(k.detach().to(compute_dtype(k)), dim=1)
+        self.queue.enqueue(gather_no_grad(k_n) if self.gather_distributed else k_n)
+
+    def symmetric(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
+        """``L(q1, k2) + L(q2, k1)``, both against the queue as it was before the call; then the keys
+        of both views are enqueued once, ``k1`` before ``k2`` (``q*``: online, ``k*``: momentum
+        encoder; index = view)."""
+        loss = self(q1, k2, update_queue=False) + self(q2, k1, update_queue=False)
+        self.enqueue(torch.cat([k1, k2], dim=0))
         return loss
 
 
