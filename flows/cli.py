@@ -314,7 +314,7 @@ def evaluate(
     opt: list[str] = typer.Option([], help="task reader option key=value, repeatable (e.g. store=..., root=...)"),
     protocol: list[str] = typer.Option(["linear", "logistic", "knn", "retrieval"], help="linear (AdamW probe) | logistic (C chosen on val, refit on train+val) | knn | retrieval | finetune"),
     fraction: Optional[float] = typer.Option(None, help="training subset, e.g. 0.1 for BigEarthNet-10%"),
-    seed: int = typer.Option(0),
+    seed: list[int] = typer.Option([0], help="evaluation seed; repeat it (--seed 0 --seed 1 --seed 2) for mean ± std"),
     out: Path = typer.Option(Path("output/eval"), help="folder for results.json, results.md and plots"),
     device: str = typer.Option("auto"),
     baselines: bool = typer.Option(True, help="add the random-init and raw-pixel baselines"),
@@ -332,11 +332,20 @@ def evaluate(
     from train.evaluate.run import evaluate as run_evaluation
     from train.evaluate.run import parse_task_options
 
-    results = run_evaluation(checkpoints, task, parse_task_options(opt), protocols=tuple(protocol), out_dir=out,
-                             fraction=fraction, seed=seed, device=device, baselines=baselines,
-                             resize_to=resize_to, allow_overlap=allow_overlap)
-    md = Path(out) / "results.md"
-    console.print(md.read_text() if md.exists() else results)
+    seeds = sorted(set(seed))
+    by_seed = {}
+    for s in seeds:
+        folder = Path(out) if len(seeds) == 1 else Path(out) / f"seed-{s}"
+        by_seed[s] = run_evaluation(checkpoints, task, parse_task_options(opt), protocols=tuple(protocol),
+                                    out_dir=folder, fraction=fraction, seed=s, device=device, baselines=baselines,
+                                    resize_to=resize_to, allow_overlap=allow_overlap)
+    if len(seeds) == 1:
+        md = Path(out) / "results.md"
+    else:
+        from train.evaluate.seeds import write_seed_summary
+
+        md = write_seed_summary(by_seed, out, task)
+    console.print(md.read_text())
 
 
 @app.command("import-labels")
