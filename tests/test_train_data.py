@@ -375,3 +375,15 @@ def test_gaussian_blur_matches_a_plain_loop():
                                         for a in range(2 * r + 1) for b in range(2 * r + 1))
         torch.testing.assert_close(got, want)
 
+
+
+def test_save_statistics_never_overwrites_a_foreign_file(tmp_path):
+    """Issue 10.1 (audit): `softcon stats --out notes.json` on a file of the user's refuses and leaves it."""
+    from pipeline.errors import BadInput
+
+    for content in ("my notes, not JSON", '{"format": "something else"}'):
+        f = tmp_path / "stats.json"
+        f.write_text(content)
+        with pytest.raises(BadInput, match="not a statistics file of this project"):
+            save_statistics(f, "s1_grd", list(S1_GRD_BANDS), [0.0, 0.0], [1.0, 1.0])
+        assert f.read_text() == content

@@ -337,9 +337,14 @@ STATS_FORMAT = "softcon-stats/1"
 
 
 def _read_stats_file(path: str | Path) -> dict:
-    data = json.loads(Path(path).read_text())
-    if data.get("format") != STATS_FORMAT:
-        raise ValueError(f"{path}: not a statistics file (format {data.get('format')!r}, expected {STATS_FORMAT})")
+    """A statistics file written by :func:`save_statistics`; anything else is refused (never overwritten)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    if not isinstance(data, dict) or data.get("format") != STATS_FORMAT:
+        raise BadInput(f"{path}: not a statistics file of this project ({STATS_FORMAT}); it is left as it is: "
+                       "choose another --out / statistics path")
     return data
 
 
