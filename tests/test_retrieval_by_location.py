@@ -147,3 +147,20 @@ def test_retrieval_intervals_match_a_plain_resampling_loop():
     low, high = np.quantile(reps, [0.025, 0.975])
     assert (iv["low"], iv["high"]) == pytest.approx((low, high))
     assert iv["low"] < iv["point"] < iv["high"]
+
+
+def test_imbriaco_levels_have_intervals_too():
+    import numpy as np
+    import torch
+
+    from train.evaluate.retrieval import evaluate_retrieval
+
+    g = torch.Generator().manual_seed(1)
+    feats = torch.randn(80, 8, generator=g)
+    labels = (torch.rand(80, 4, generator=g) > 0.5).float()
+    out = evaluate_retrieval(feats, labels, groups=np.repeat(np.arange(40), 2), ks=(10, "all"),
+                             bootstrap={"n_resamples": 60}, seed=2)
+    for level in ("easy", "medium", "hard"):
+        iv = out["intervals"]["metrics"][f"{level}/mAP@all"]
+        assert iv["point"] == pytest.approx(out["metrics"][f"{level}/mAP@all"])
+        assert iv["low"] <= iv["point"] + 1e-9 and iv["point"] - 1e-9 <= iv["high"]

@@ -134,6 +134,27 @@ def _one_split(feats: torch.Tensor, y: torch.Tensor, seed: int, query_fraction: 
     return res
 
 
+def _query_mean_intervals(per_query: dict[str, np.ndarray], valid: np.ndarray, groups: np.ndarray | None,
+                          config: BootstrapConfig) -> dict[str, dict[str, Any]]:
+    """Intervals of query means (over the ``valid`` queries), resampling queries by ``groups``."""
+    valid = valid.astype(np.float64)
+    replicates: dict[str, list[np.ndarray]] = {k: [] for k in per_query}
+    for counts in resample_counts(len(valid), groups, config.n_resamples, config.seed):
+        w = counts * valid
+        total = w.sum(1)
+        for k, v in per_query.items():
+            with np.errstate(invalid="ignore", divide="ignore"):
+                replicates[k].append((w @ v) / total)
+    out = {}
+    for k, v in per_query.items():
+        r = np.concatenate(replicates[k])
+        low, high = percentile_interval(r, config.confidence)
+        point = float((v * valid).sum() / valid.sum()) if valid.sum() else math.nan
+        out[k] = {"point": point, "low": low, "high": high, "n_resamples": config.n_resamples,
+                  "n_valid": int(np.isfinite(r).sum())}
+    return out
+
+
 def retrieval_intervals(feats: torch.Tensor, y: torch.Tensor, seed: int, query_fraction: float,
                         ks: Sequence[int | str], chunk_size: int | None, groups: np.ndarray | None,
                         config: BootstrapConfig) -> dict[str, Any]:
@@ -142,28 +163,27 @@ def retrieval_intervals(feats: torch.Tensor, y: torch.Tensor, seed: int, query_f
     The database stays fixed (as the model does for the probes); the queries are resampled, whole
     query groups at a time (a location's seasons together). A replicate is the mean of the per-query
     values over the resampled queries that have a relevant database item, i.e. exactly how
-    :func:`~train.evaluate.metrics.retrieval_metrics` averages ("exclude" empty queries).
+    :func:`~train.evaluate.metrics.retrieval_metrics` averages ("exclude" empty queries). Imbriaco's
+    easy/medium/hard levels get theirs the same way, over the queries the levels use.
     """
     q, d = query_database_split(len(feats), groups, query_fraction, seed)
     values, n_rel = retrieval_metrics_per_query(feats[q], y[q], feats[d], y[d], ks=ks, relevance="share",
                                                 ap_normalizer="retrieved", chunk_size=chunk_size)
-    valid = (n_rel > 0).numpy().astype(np.float64)
     q_groups = None if groups is None else np.asarray(groups)[q.numpy()]
-    per_query = {k: v.numpy() for k, v in values.items()}
-    replicates: dict[str, list[np.ndarray]] = {k: [] for k in per_query}
-    for counts in resample_counts(len(q), q_groups, config.n_resamples, config.seed):
-        w = counts * valid
-        total = w.sum(1)
-        for k, v in per_query.items():
-            with np.errstate(invalid="ignore", divide="ignore"):
-                replicates[k].append((w @ v) / total)
-    metrics = {}
-    for k, v in per_query.items():
-        r = np.concatenate(replicates[k])
-        low, high = percentile_interval(r, config.confidence)
-        point = float((v * valid).sum() / valid.sum()) if valid.sum() else math.nan
-        metrics[k] = {"point": point, "low": low, "high": high, "n_resamples": config.n_resamples,
-                      "n_valid": int(np.isfinite(r).sum())}
+    metrics = _query_mean_intervals({k: v.numpy() for k, v in values.items()}, (n_rel > 0).numpy(), q_groups, config)
+    # Imbriaco's levels: the queries with a "hard" relevant item, Jaccard relevance, AP over the relevant items
+    _, n_hard = retrieval_metrics_per_query(feats[q], y[q], feats[d], y[d], ks=(1,), relevance="jaccard",
+                                            jaccard_threshold=IMBRIACO_LEVELS["hard"], chunk_size=chunk_size)
+    keep = (n_hard > 0).numpy()
+    if keep.any():
+        qk = q[torch.from_numpy(keep)]
+        for name, t in IMBRIACO_LEVELS.items():
+            lv, lv_rel = retrieval_metrics_per_query(feats[qk], y[qk], feats[d], y[d], ks=("all", 10),
+                                                     relevance="jaccard", jaccard_threshold=t,
+                                                     ap_normalizer="relevant", chunk_size=chunk_size)
+            level = _query_mean_intervals({k: lv[k].numpy() for k in ("mAP@all", "P@10")}, (lv_rel > 0).numpy(),
+                                          None if q_groups is None else q_groups[keep], config)
+            metrics.update({f"{name}/{k}": v for k, v in level.items()})
     return {"method": METHOD + "; queries resampled, database fixed", "n_resamples": config.n_resamples,
             "confidence": config.confidence, "seed": config.seed,
             "resampled": "query items" if groups is None else "query groups",
