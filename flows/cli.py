@@ -161,13 +161,14 @@ def curate(
     _offline_defaults()
     _checked_manifest(manifest)
     from flows.curate import curate_manifest
+    from pipeline.store import format_failure_kinds
 
     summary = curate_manifest(str(manifest), dask_address=dask_address, retry_failed=retry_failed,
                               show_progress=progress and sys.stderr.isatty())
     _print_summary(summary)
     retryable = summary["this_run"]["retryable"]
     if retryable:
-        reasons = ", ".join(f"{k} ×{v}" for k, v in summary["this_run"]["failure_reasons"].items())
+        reasons = format_failure_kinds(summary["this_run"]["failure_reasons"])
         raise RunFailed(f"{retryable} patches failed after their retries ({reasons}); they are recorded in the "
                         f"archive: rerun with --retry-failed to try them again")
 
@@ -194,13 +195,15 @@ def inspect(
 
 
 def _print_summary(s: dict) -> None:
+    from pipeline.store import format_failure_kinds
+
     console.print(f"[bold]{s.get('title')}[/]  {s['path']}  source={s.get('source')}"
                   f"{'  [yellow](synthetic)[/]' if s.get('synthetic') else ''}")
     st = s["status"]
     console.print(f"patches: {s['n_patches']} × {s['n_seasons']} seasons — done {st['done']}, "
                   f"failed {st['failed']}, todo {st['todo']}; labelled images {s['labelled_images']}")
     if s.get("failures"):
-        console.print("failures: " + ", ".join(f"{k} ×{v}" for k, v in s["failures"].items()))
+        console.print("failures: " + format_failure_kinds(s["failures"]))
     table = Table(title="class frequency (share of labelled images where the class is present)")
     table.add_column("class")
     table.add_column("frequency", justify="right")
@@ -212,7 +215,7 @@ def _print_summary(s: dict) -> None:
         console.print(f"this run: {r['shards']} shards, {r['done']} patches done, {r['failed']} failed "
                       f"in {r['seconds']} s; pretraining: {s.get('pretraining')}")
         if r.get("failure_reasons"):
-            console.print("failed this run: " + ", ".join(f"{k} ×{v}" for k, v in r["failure_reasons"].items()))
+            console.print("failed this run: " + format_failure_kinds(r["failure_reasons"]))
     if "report" in s:
         console.print(f"report (plots, summary.json): {s['report']}")
     if "split" in s:

@@ -49,7 +49,7 @@ from pipeline.locations import Location
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.progress import progress_bar
 from pipeline.sources import TransientSourceError
-from pipeline.store import ArchiveLayout, summarize
+from pipeline.store import ArchiveLayout, count_failure_kinds, format_failure_kinds, summarize
 from pipeline.store_target import archive_lock, is_local, local_path
 
 SLOT_WAIT_LOG_S = 30.0
@@ -265,9 +265,7 @@ def _curate_locked(manifest: Manifest, retry_failed: bool, show_progress: bool) 
                        "reasons": [f"ShardFailed: {type(err).__name__}"] * n}
             for k in totals:
                 totals[k] += res[k]
-            for r in res["reasons"]:
-                key = str(r).split(":")[0]
-                reasons[key] = reasons.get(key, 0) + 1
+            count_failure_kinds(res["reasons"], reasons)
             progress.update(bar, advance=1, status=f"patches done {totals['done']}, failed {totals['failed']}")
             logger.info("shard %d: %d done, %d failed (%.1fs); %d/%d shards, totals %s",
                         res["shard"], res["done"], res["failed"], res["seconds"], i, len(shards), totals)
@@ -279,7 +277,7 @@ def _curate_locked(manifest: Manifest, retry_failed: bool, show_progress: bool) 
     logger.info("archive %s: %s", manifest.store.path, summary["status"])
     if totals["retryable"]:
         logger.error("%d patches failed for reasons a rerun may fix (%s); rerun with --retry-failed",
-                     totals["retryable"], ", ".join(f"{k} ×{v}" for k, v in reasons.items()))
+                     totals["retryable"], format_failure_kinds(reasons))
     return summary
 
 

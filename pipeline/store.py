@@ -343,6 +343,21 @@ def date_to_days(d: dt.date) -> int:
     return (d - EPOCH).days
 
 
+def count_failure_kinds(reasons, counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Failure reasons counted by kind (the text before the first colon, "unknown" when empty), added
+    to ``counts`` when given."""
+    counts = {} if counts is None else counts
+    for r in reasons:
+        key = str(r).split(":")[0] if r else "unknown"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def format_failure_kinds(counts: dict[str, int]) -> str:
+    """``NoImageFound ×3, TransientSourceError ×1``."""
+    return ", ".join(f"{k} ×{v}" for k, v in counts.items())
+
+
 def summarize(path: str, storage_options: dict | None = None) -> dict:
     """Counts of done/failed/todo patches, failure reasons and the archive's identity.
 
@@ -356,10 +371,7 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
     status = group["status"][:]
     reasons = group["status_reason"][:]
     counts = {STATUS_NAMES[k]: int((status == k).sum()) for k in STATUS_NAMES}
-    failures: dict[str, int] = {}
-    for r in reasons[status == STATUS_FAILED]:
-        key = str(r).split(":")[0] if r else "unknown"
-        failures[key] = failures.get(key, 0) + 1
+    failures = count_failure_kinds(reasons[status == STATUS_FAILED])
     return {
         "path": path,
         "title": group.attrs.get("title"),

@@ -249,18 +249,6 @@ def _loss_kwargs(cfg: PretrainConfig, world: int, class_counts: torch.Tensor | N
     return opts
 
 
-@torch.no_grad()
-def _enqueue_labelled(loss_fn: nn.Module, keys: torch.Tensor, labels: torch.Tensor) -> None:
-    """Enqueue keys and their (binarised) label rows into a MulSupCon queue, as its ``forward`` would
-    with ``update_queue=True`` (all ranks' rows, in rank order, when it gathers over ranks)."""
-    from train.losses import binarize_labels, gather_no_grad, is_distributed, to_label_matrix
-
-    lab = binarize_labels(to_label_matrix(labels, loss_fn.num_classes)).to(keys.device)
-    if loss_fn.gather_distributed and is_distributed():
-        keys, lab = gather_no_grad(keys.detach()), gather_no_grad(lab)
-    loss_fn.queue.enqueue(keys.detach(), lab)
-
-
 def compute_loss(name: str, loss_fn: nn.Module, z: tuple[torch.Tensor, torch.Tensor],
                  q: tuple[torch.Tensor, torch.Tensor], k: tuple[torch.Tensor, torch.Tensor],
                  labels: torch.Tensor) -> torch.Tensor:
@@ -268,12 +256,10 @@ def compute_loss(name: str, loss_fn: nn.Module, z: tuple[torch.Tensor, torch.Ten
 
     Index = view. Losses with a queue (MoCo v2, MulSupCon with ``queue_size``) are symmetrised with
     the queue as it was at the start of the step in both directions, and the keys of both views
-    are enqueued once, after both (see :class:`~train.losses.moco.MoCoV2Loss`).
+    are enqueued once, after both (their ``symmetric`` methods).
     """
-    if name == "mulsupcon" and getattr(loss_fn, "queue", None) is not None:
-        loss = loss_fn(q[0], k[1], labels, update_queue=False) + loss_fn(q[1], k[0], labels, update_queue=False)
-        _enqueue_labelled(loss_fn, torch.cat([k[0], k[1]]), torch.cat([labels, labels]))
-        return loss
+    if name == "mulsupcon":
+        return loss_fn.symmetric(q[0], q[1], k[0], k[1], labels)
     if name in PAIR_LOSSES:
         extra = (labels,) if name in LABELLED_PAIR_LOSSES else ()
         return loss_fn(q[0], k[1], *extra) + loss_fn(q[1], k[0], *extra)
