@@ -26,8 +26,8 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install $(TORCH_SPEC)
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-cache-dir $(TORCH_SPEC)
+	$(BIN)/pip install --no-cache-dir -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
