@@ -1,0 +1,152 @@
+"""The curated archive itself as a downstream task, on its own train/val/test split."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from pipeline.bands import DW_CLASSES
+from train.evaluate.tasks.bands import assemble_bands, missing_band_fill
+from train.evaluate.tasks.base import EvalTask
+
+#: Exit hint of :class:`ArchiveTask` when an archive has no split.
+SPLIT_COMMAND = "softcon split"
+
+
+def archive_split(store: str | os.PathLike, storage_options: dict | None = None) -> tuple[np.ndarray, dict]:
+    """The archive's per-patch split codes (``pipeline.split.SPLIT_CODES``) and its split record.
+
+    Raises :class:`~pipeline.errors.BadInput` naming the archive and the command that writes a split
+    (``softcon split STORE``) when the archive has none.
+    """
+    from pipeline.errors import BadInput
+    from pipeline.split import read_split
+
+    found = read_split(str(store), storage_options)
+    if found is None:
+        raise BadInput(f"{store}: the archive has no train/val/test split; write one with "
+                       f"`{SPLIT_COMMAND} {store}`")
+    codes, record = found
+    return np.asarray(codes), dict(record)
+
+
+def archive_split_patch_ids(store: str | os.PathLike, name: str, storage_options: dict | None = None) -> list[str]:
+    """``patch_id`` of every patch (location) in split ``name`` of the archive, whatever its status or labels."""
+    from pipeline.split import SPLIT_CODES
+    from pipeline.store import open_group
+
+    if name not in SPLIT_CODES:
+        raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, got {name!r}")
+    codes, _ = archive_split(store, storage_options)
+    group = open_group(str(store), "r", storage_options)
+    ids = np.asarray(group["patch_id"][:])
+    return [str(x) for x in ids[codes == SPLIT_CODES[name]]]
+
+
+class ArchiveTask(EvalTask):
+    """The curated Zarr archive (:mod:`pipeline.store`) as a downstream task.
+
+    Items are (location, season) pairs of **done** locations whose season is **labelled**
+    (``multi_hot`` not all zero, the same rule as :func:`pipeline.store.summarize`).
+
+    Split: the **archive's own split** (variable ``split`` written by :mod:`pipeline.split`, by
+    sampling city or by grid cell): ``split="train"`` (probes and kNN are fitted on it), ``"val"``
+    (hyper-parameter selection) or ``"test"`` (scores). The split is per location, so all seasons
+    of a location are on the same side, and it is the same split a pretraining run records, which is
+    what lets evaluation detect a checkpoint trained on test patches. An archive without a split
+    raises :class:`~pipeline.errors.BadInput` (write one with ``softcon split STORE``). A split may be
+    empty (e.g. ``val`` of a tiny archive); callers that need items check ``len``.
+
+    ``groups`` (one int per item): the location (patch) index, for resampling by location.
+
+    ``target="multi_hot"`` gives the Dynamic World presence vector (float32, 9 classes);
+    ``target="dominant"`` the class with the largest ``label_fraction`` (first on ties) as an int.
+    ``modality`` is read from the archive; ``s2_l1c`` falls back to ``s2_l2a`` with ``B10`` filled
+    (``missing_fill``) and ``s2_l2a`` to ``s2_l1c`` without ``B10`` when only the other is stored.
+    Ids are ``<patch_id>_s<season>``.
+    """
+
+    task_name = "archive"
+    classes = DW_CLASSES
+
+    def __init__(self, store: str | os.PathLike, modality: str = "s2_l1c", split: str = "train",
+                 target: str = "multi_hot", missing_fill: str | float = "mean",
+                 storage_options: dict | None = None, fraction: float = 1.0, fraction_seed: int = 0):
+        super().__init__(modality, fraction, fraction_seed)
+        from pipeline.split import SPLIT_CODES
+        from pipeline.store import STATUS_DONE, open_group
+
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split must be one of {sorted(SPLIT_CODES, key=SPLIT_CODES.get)}, got {split!r}")
+        if target not in ("multi_hot", "dominant"):
+            raise ValueError(f"target must be 'multi_hot' or 'dominant', got {target!r}")
+        self.store = str(store)
+        self.storage_options = storage_options
+        self.split, self.target = split, target
+        self.multilabel = target == "multi_hot"
+        self.fill = missing_band_fill(missing_fill)
+        codes, record = archive_split(self.store, storage_options)
+        #: The archive's split record (``pipeline.split``); its hash is part of the feature-cache key.
+        self.split_record = {k: record.get(k) for k in ("version", "by", "val", "test", "seed", "grid_km", "hash")}
+        group = open_group(self.store, "r", storage_options)
+        self.manifest_hash = group.attrs.get("manifest_hash")
+        self.classes = tuple(group.attrs.get("class_names", DW_CLASSES))
+        stored = dict(group.attrs["band_names"])
+        self.source = self._source_modality(modality, stored)
+        self.source_bands = tuple(stored[self.source])
+        self.size = int(group.attrs["layout"]["size"])
+        status = group["status"][:]
+        self.patch_ids = [str(x) for x in group["patch_id"][:]]
+        self._multi_hot = np.asarray(group["multi_hot"][:])
+        self._fraction = np.asarray(group["label_fraction"][:])
+        labelled = self._multi_hot.any(axis=-1) & (status == STATUS_DONE)[:, None]  # (P, S)
+        #: Patch (location) indices of this split with at least one labelled season, sorted.
+        self.locations = np.flatnonzero(labelled.any(axis=1) & (codes == SPLIT_CODES[split]))
+        items = [(int(p), int(s)) for p in self.locations for s in np.flatnonzero(labelled[p])]
+        self._set_items(items)
+        self._array = None
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Location (patch) index of every item: the seasons of one location form one group."""
+        return np.asarray([p for p, _ in self._items], dtype=np.int64)
+
+    @staticmethod
+    def _source_modality(modality: str, stored: Mapping[str, Sequence[str]]) -> str:
+        if modality in stored:
+            return modality
+        if modality == "s2_l1c" and "s2_l2a" in stored:
+            return "s2_l2a"
+        if modality == "s2_l2a" and "s2_l1c" in stored:
+            return "s2_l1c"
+        raise ValueError(f"modality {modality!r} is not in the archive (it holds {sorted(stored)})")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_array"] = None  # reopened lazily in each DataLoader worker
+        return state
+
+    def _image_array(self):
+        if self._array is None:
+            from pipeline.store import open_group
+
+            self._array = open_group(self.store, "r", self.storage_options)[self.source]
+        return self._array
+
+    def _item_id(self, item: tuple[int, int]) -> str:
+        return f"{self.patch_ids[item[0]]}_s{item[1]}"
+
+    def _label_of(self, item: tuple[int, int]) -> torch.Tensor | int:
+        p, s = item
+        if self.target == "dominant":
+            return int(np.argmax(self._fraction[p, s]))
+        return torch.from_numpy(self._multi_hot[p, s].astype(np.float32))
+
+    def _load_image(self, item: tuple[int, int]) -> np.ndarray:
+        p, s = item
+        data = np.asarray(self._image_array()[p, s])
+        arrays = dict(zip(self.source_bands, data))
+        return assemble_bands(arrays, self.bands, self.fill, self.size)
