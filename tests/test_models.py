@@ -1,4 +1,4 @@
-"""Tests for train/models.py: backbone registry, local weight loading, heads and Siamese masking.
+"""Tests for the train.models package: backbone registry, local weight loading, heads and Siamese masking.
 
 Everything runs on CPU with tiny inputs (ViT 56/112 px, ResNet 64 px, batch 2) and with
 checkpoints made inside the tests: no network, no hub weights.
