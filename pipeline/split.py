@@ -248,17 +248,13 @@ def read_split(path: str, storage_options: dict | None = None) -> tuple[np.ndarr
 
 
 def split_indices(path: str, name: str, storage_options: dict | None = None) -> np.ndarray:
-    """Sorted int64 patch indices in split ``name`` (train | val | test).
+    """Sorted int64 patch indices in split ``name`` (train | val | test) (:meth:`pipeline.archive.Archive.split_patches`).
 
     Raises :class:`ArchiveError` naming the archive when it has no split.
     """
-    if name not in SPLIT_CODES:
-        raise BadInput(f"split {name!r}: choose one of {', '.join(SPLIT_CODES)}")
-    found = read_split(path, storage_options)
-    if found is None:
-        raise ArchiveError(f"{path}: the archive has no train/val/test split; write one with: softcon split {path}")
-    codes, _ = found
-    return np.flatnonzero(codes == SPLIT_CODES[name]).astype(np.int64)
+    from pipeline.archive import Archive  # pipeline.archive reads splits through this module
+
+    return Archive(path, storage_options).split_patches(name)
 
 
 def ensure_split(path: str, storage_options: dict | None = None) -> dict:

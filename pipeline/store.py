@@ -34,6 +34,7 @@ was written is simply redone (sources are deterministic, so the bytes are the sa
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -104,6 +105,23 @@ class ArchiveLayout:
             patches_per_shard=manifest.store.patches_per_shard,
             modalities=manifest.modalities.selected(),
         )
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "ArchiveLayout":
+        """The layout an archive records in its own root attributes (``layout``, ``band_names``, ``class_names``)."""
+        try:
+            shape = attrs["layout"]
+            return cls(
+                n_patches=int(shape["n_patches"]),
+                n_seasons=int(shape["n_seasons"]),
+                size=int(shape["size"]),
+                patches_per_shard=int(shape["patches_per_shard"]),
+                modalities={k: tuple(v) for k, v in dict(attrs["band_names"]).items()},
+                classes=tuple(attrs.get("class_names", DW_CLASSES)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchiveError(f"the archive's attributes do not describe its layout ({exc!r}): "
+                               "not a complete softcon archive") from None
 
     @property
     def n_shards(self) -> int:

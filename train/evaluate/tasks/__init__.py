@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.archive import SPLIT_COMMAND
 from train.evaluate.tasks.archive import (
-    SPLIT_COMMAND,
     ArchiveTask,
     archive_split,
     archive_split_patch_ids,

@@ -8,42 +8,28 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from pipeline.archive import Archive
 from pipeline.bands import DW_CLASSES
+from pipeline.store import STATUS_DONE, ArchiveLayout
 from train.evaluate.tasks.bands import assemble_bands, missing_band_fill
 from train.evaluate.tasks.base import EvalTask
 
-#: Exit hint of :class:`ArchiveTask` when an archive has no split.
-SPLIT_COMMAND = "softcon split"
 
-
-def archive_split(store: str | os.PathLike, storage_options: dict | None = None) -> tuple[np.ndarray, dict]:
+def archive_split(store: str | os.PathLike | Archive, storage_options: dict | None = None) -> tuple[np.ndarray, dict]:
     """The archive's per-patch split codes (``pipeline.split.SPLIT_CODES``) and its split record.
 
-    Raises :class:`~pipeline.errors.BadInput` naming the archive and the command that writes a split
-    (``softcon split STORE``) when the archive has none.
+    Raises :class:`~pipeline.store_target.ArchiveError` (bad input) naming the archive and the command that
+    writes a split (``softcon split STORE``) when the archive has none.
     """
-    from pipeline.errors import BadInput
-    from pipeline.split import read_split
-
-    found = read_split(str(store), storage_options)
-    if found is None:
-        raise BadInput(f"{store}: the archive has no train/val/test split; write one with "
-                       f"`{SPLIT_COMMAND} {store}`")
-    codes, record = found
-    return np.asarray(codes), dict(record)
+    return Archive.of(store, storage_options).require_split()
 
 
-def archive_split_patch_ids(store: str | os.PathLike, name: str, storage_options: dict | None = None) -> list[str]:
+def archive_split_patch_ids(store: str | os.PathLike | Archive, name: str,
+                            storage_options: dict | None = None) -> list[str]:
     """``patch_id`` of every patch (location) in split ``name`` of the archive, whatever its status or labels."""
-    from pipeline.split import SPLIT_CODES
-    from pipeline.store import open_group
-
-    if name not in SPLIT_CODES:
-        raise ValueError(f"split must be one of {sorted(SPLIT_CODES)}, got {name!r}")
-    codes, _ = archive_split(store, storage_options)
-    group = open_group(str(store), "r", storage_options)
-    ids = np.asarray(group["patch_id"][:])
-    return [str(x) for x in ids[codes == SPLIT_CODES[name]]]
+    archive = Archive.of(store, storage_options)
+    ids = archive.patch_ids()
+    return [ids[i] for i in archive.split_patches(name)]
 
 
 class ArchiveTask(EvalTask):
@@ -77,27 +63,26 @@ class ArchiveTask(EvalTask):
                  storage_options: dict | None = None, fraction: float = 1.0, fraction_seed: int = 0):
         super().__init__(modality, fraction, fraction_seed)
         from pipeline.split import SPLIT_CODES
-        from pipeline.store import STATUS_DONE, open_group
 
         if split not in SPLIT_CODES:
             raise ValueError(f"split must be one of {sorted(SPLIT_CODES, key=SPLIT_CODES.get)}, got {split!r}")
         if target not in ("multi_hot", "dominant"):
             raise ValueError(f"target must be 'multi_hot' or 'dominant', got {target!r}")
-        self.store = str(store)
-        self.storage_options = storage_options
+        self.archive = Archive.of(store, storage_options)
+        self.store, self.storage_options = self.archive.path, self.archive.storage_options
         self.split, self.target = split, target
         self.multilabel = target == "multi_hot"
         self.fill = missing_band_fill(missing_fill)
-        codes, record = archive_split(self.store, storage_options)
+        codes, record = self.archive.require_split()
         #: The archive's split record (``pipeline.split``); its hash is part of the feature-cache key.
         self.split_record = {k: record.get(k) for k in ("version", "by", "val", "test", "seed", "grid_km", "hash")}
-        group = open_group(self.store, "r", storage_options)
+        group = self.archive.open()
+        layout = ArchiveLayout.from_attrs(group.attrs)
         self.manifest_hash = group.attrs.get("manifest_hash")
-        self.classes = tuple(group.attrs.get("class_names", DW_CLASSES))
-        stored = dict(group.attrs["band_names"])
-        self.source = self._source_modality(modality, stored)
-        self.source_bands = tuple(stored[self.source])
-        self.size = int(group.attrs["layout"]["size"])
+        self.classes = layout.classes
+        self.source = self._source_modality(modality, layout.modalities)
+        self.source_bands = layout.modalities[self.source]
+        self.size = layout.size
         status = group["status"][:]
         self.patch_ids = [str(x) for x in group["patch_id"][:]]
         self._multi_hot = np.asarray(group["multi_hot"][:])
@@ -131,9 +116,7 @@ class ArchiveTask(EvalTask):
 
     def _image_array(self):
         if self._array is None:
-            from pipeline.store import open_group
-
-            self._array = open_group(self.store, "r", self.storage_options)[self.source]
+            self._array = self.archive.open()[self.source]
         return self._array
 
     def _item_id(self, item: tuple[int, int]) -> str:
