@@ -1,0 +1,285 @@
+"""The Earth Engine source: SSL4EO-S12 imagery and the matching Dynamic World labels.
+
+Per (location, seasonal window, patch grid), :meth:`EarthEngineSource.fetch` first selects the most
+recent image of every requested modality (and of S2 L1C when labels are wanted), so that a missing
+modality fails before any pixel request, then downloads the pixels of each selected asset on the
+patch grid and the Dynamic World label map (matched by L1C ``system:index``, else the per-pixel mode of
+the window; no label map when the window has no Dynamic World image). The queries are built by
+:mod:`~pipeline.sources.earthengine.queries`, requests sized by
+:mod:`~pipeline.sources.earthengine.planning`, sent and retried by
+:mod:`~pipeline.sources.earthengine.transport`; credentials are handled by
+:mod:`~pipeline.sources.earthengine.auth`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from typing import Any, Callable
+
+import ee
+import numpy as np
+
+from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
+from pipeline.grid import PatchGrid
+from pipeline.locations import Location
+from pipeline.manifest import EarthEngineSourceOptions
+from pipeline.seasons import SeasonWindow
+from pipeline.sources.base import (
+    CorruptData,
+    InvalidGeometry,
+    LabelMap,
+    ModalityImage,
+    NoImageFound,
+    SeasonSample,
+    check_modalities,
+)
+from pipeline.sources.earthengine.auth import auth_kind, initialize_earth_engine
+from pipeline.sources.earthengine.planning import MAX_REQUEST_BYTES, pixel_request, plan_requests, to_band_array
+from pipeline.sources.earthengine.queries import (
+    DYNAMIC_WORLD,
+    EE_RESAMPLING,
+    S1_GRD,
+    Selected,
+    as_count,
+    dw_info,
+    dw_label_image,
+    modality_collection,
+    no_image_message,
+    parse_selection,
+    pixel_image,
+    s1_nodata_to_nan,
+    s2_collection_id,
+    selection_info,
+)
+from pipeline.sources.earthengine.transport import (
+    EarthEngineTransport,
+    TokenBucket,
+    Transport,
+    backoff_delay,
+    call_with_retries,
+)
+
+_S2_MODALITIES = ("s2_l1c", "s2_l2a")
+
+
+# ----------------------------------------------------------------------------------------------- source
+class EarthEngineSource:
+    """SSL4EO-S12 imagery and Dynamic World labels from Earth Engine (see the module docstring)."""
+
+    name = "earthengine"
+    synthetic = False
+
+    def __init__(
+        self,
+        options: EarthEngineSourceOptions,
+        max_cloudy_pixel_percentage: float = 20.0,
+        transport: Transport | None = None,
+        *,
+        resampling: str = "bilinear",
+        with_labels: bool = True,
+        max_attempts: int = 5,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 32.0,
+        request_timeout_s: float | None = 180.0,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if resampling not in EE_RESAMPLING:
+            raise ValueError(f"resampling must be one of {sorted(EE_RESAMPLING)}, got {resampling!r}")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be ≥ 1")
+        self.options = options
+        self.max_cloudy_pixel_percentage = float(max_cloudy_pixel_percentage)
+        self.resampling = resampling
+        self.with_labels = with_labels
+        self.max_attempts = int(max_attempts)
+        self.backoff_base_s = float(backoff_base_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.request_timeout_s = request_timeout_s
+        self.max_request_bytes = int(max_request_bytes)
+        self._sleep = sleep
+        self._transport = transport
+        self._setup_runtime()
+
+    def _setup_runtime(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.options.max_concurrent_requests)
+        self._bucket = TokenBucket(self.options.requests_per_second, sleep=self._sleep_real)
+        self._init_lock = threading.Lock()
+        self._initialized = self._transport is not None  # a custom transport manages its own session
+        self._rng = random.Random()
+
+    @staticmethod
+    def _sleep_real(seconds: float) -> None:
+        time.sleep(seconds)
+
+    # pickling (Dask workers): locks, semaphore and bucket are per process; Earth Engine is re-initialised
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("_slots", "_bucket", "_init_lock", "_initialized", "_rng"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup_runtime()
+
+    def __repr__(self) -> str:
+        return (f"EarthEngineSource(project={self.options.project!r}, auth={self._auth_kind()!r}, "
+                f"harmonized={self.options.harmonized}, max_cloudy_pixel_percentage="
+                f"{self.max_cloudy_pixel_percentage:g})")
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = EarthEngineTransport()
+        return self._transport
+
+    # ------------------------------------------------------------------ authentication
+    def _auth_kind(self) -> str:
+        return auth_kind(self.options)
+
+    def initialize(self) -> None:
+        """Initialise Earth Engine once per process (service-account key or stored user credentials).
+
+        Raises :class:`EarthEngineAuthError` with a message free of the key's path and content.
+        """
+        with self._init_lock:
+            if self._initialized:
+                return
+            initialize_earth_engine(self.options, self.request_timeout_s)
+            self._initialized = True
+
+    # ------------------------------------------------------------------ calls
+    def backoff_delay(self, attempt: int) -> float:
+        """Delay before retry ``attempt`` (1-based): uniform in [d/2, d], d = min(max, base·2^(attempt-1))."""
+        return backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self._rng)
+
+    def _call(self, fn: Callable[[], Any], context: str) -> Any:
+        return call_with_retries(fn, context, bucket=self._bucket, slots=self._slots, max_attempts=self.max_attempts,
+                                 delay=self.backoff_delay, sleep=self._sleep)
+
+    def _get_info(self, computation: ee.ComputedObject, tag: str, context: str) -> Any:
+        return self._call(lambda: self.transport.get_info(computation, tag), context)
+
+    def _pixels(self, tag: str, image: ee.Image, bands: tuple[str, ...], grid: PatchGrid, dtype: str,
+                context: str) -> np.ndarray:
+        itemsize = np.dtype(dtype).itemsize
+        out = np.empty((len(bands), grid.size, grid.size), dtype=dtype)
+        index = {b: i for i, b in enumerate(bands)}
+        for plan in plan_requests(bands, grid, itemsize, self.max_request_bytes):
+            request = pixel_request(image, plan, grid)
+            payload = self._call(lambda r=request: self.transport.compute_pixels(r, tag), context)
+            try:
+                block = to_band_array(payload, plan.bands, (plan.rows, grid.size), dtype)
+            except CorruptData as err:
+                raise CorruptData(f"{context}: {err}") from None
+            out[[index[b] for b in plan.bands], plan.row0:plan.row0 + plan.rows] = block
+        return out
+
+    # ------------------------------------------------------------------ selection
+    def _select(self, modality: str, grid: PatchGrid, window: SeasonWindow, context: str) -> Selected:
+        props = ("CLOUDY_PIXEL_PERCENTAGE",) if modality in _S2_MODALITIES else ("orbitProperties_pass",)
+        col = modality_collection(modality, grid, window, self.max_cloudy_pixel_percentage, self.options.harmonized)
+        info = self._get_info(selection_info(col, props), modality, context)
+        return parse_selection(info, props[0], context)
+
+    # ------------------------------------------------------------------ Source API
+    def describe(self) -> dict[str, object]:
+        h = self.options.harmonized
+        return {
+            "name": self.name,
+            "synthetic": False,
+            "options": self.options.model_dump(mode="json", exclude={"service_account_key"}),
+            "auth": self._auth_kind(),
+            "collections": {
+                "s2_l1c": s2_collection_id("l1c", h), "s2_l2a": s2_collection_id("l2a", h),
+                "s1_grd": S1_GRD, "labels": DYNAMIC_WORLD,
+            },
+            "max_cloudy_pixel_percentage": self.max_cloudy_pixel_percentage,
+            "selection": "most recent image in the window (system:time_start descending, first())",
+            "resampling": self.resampling,
+            "s2_dn_offset": 0 if h else "+1000 for processing baseline ≥ 04.00 (from 2022-01-25)",
+            "label_method": "DW image with the L1C system:index, else per-pixel mode of label over the window",
+            "max_request_bytes": self.max_request_bytes,
+            "retry": {"max_attempts": self.max_attempts, "backoff_base_s": self.backoff_base_s,
+                      "backoff_max_s": self.backoff_max_s},
+        }
+
+    def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
+              modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
+        check_modalities(modalities)
+        _check_grid(grid, location)
+        if not self._initialized:
+            self.initialize()
+
+        where = f"location {location.id} season {window.season} ({window.start}..{window.end})"
+        want_labels = self.with_labels and any(m in modalities for m in _S2_MODALITIES)
+        order = [m for m in MODALITY_BANDS if m in modalities or (m == "s2_l1c" and want_labels)]
+        selected: dict[str, Selected] = {}
+        for name in order:  # every selection first: a missing modality fails before any pixel request
+            sel = self._select(name, grid, window, f"earthengine {name} selection, {where}")
+            if sel.image_index is None and name in modalities:
+                raise NoImageFound(no_image_message(name, self.options.harmonized,
+                                                     self.max_cloudy_pixel_percentage, where))
+            selected[name] = sel
+
+        images: dict[str, ModalityImage] = {}
+        extra: dict[str, str] = {}
+        for name in MODALITY_BANDS:
+            if name not in modalities:
+                continue
+            sel = selected[name]
+            bands = tuple(b for b in MODALITY_BANDS[name] if b in set(modalities[name]))
+            dtype = MODALITY_DTYPES[name]
+            image = pixel_image(name, sel.image_index, bands, grid.resolution, self.resampling,
+                                self.options.harmonized)
+            data = self._pixels(name, image, bands, grid, dtype, f"earthengine {name} pixels, {where}")
+            if name == "s1_grd":
+                s1_nodata_to_nan(data)
+            images[name] = ModalityImage(data=data, bands=bands, acquired=sel.acquired, image_id=sel.image_index,
+                                         cloud_pct=sel.cloud_pct)
+            extra[f"{name}_candidates"] = str(sel.count)
+            if sel.orbit_pass:
+                extra["s1_pass"] = sel.orbit_pass
+
+        label = None
+        if want_labels:
+            l1c_index = selected["s2_l1c"].image_index
+            label = self._label(l1c_index, grid, window, where, extra)
+        return SeasonSample(images=images, label=label, extra=extra)
+
+    def _label(self, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow, where: str,
+               extra: dict[str, str]) -> LabelMap | None:
+        context = f"earthengine dw selection, {where}"
+        info = self._get_info(dw_info(l1c_index, grid, window), "dw", context)
+        if not isinstance(info, dict):
+            raise CorruptData(f"{context}: expected a dictionary, got {type(info).__name__}")
+        matched = as_count(info.get("matched", 0), context)
+        in_window = as_count(info.get("window"), context)
+        extra["dw_window_images"] = str(in_window)
+        if l1c_index is not None and matched > 0:
+            method, image_id = "matched", l1c_index
+        elif in_window > 0:
+            method, image_id = "mode", f"mode:{DYNAMIC_WORLD}:{window.start.isoformat()}/{window.end.isoformat()}"
+        else:
+            extra["dw_method"] = "none"
+            return None
+        extra["dw_method"] = method
+        image = dw_label_image(method, l1c_index, grid, window)
+        data = self._pixels("dw", image, ("label",), grid, "uint8", f"earthengine dw pixels, {where}")[0]
+        valid = (data < 9) | (data == LABEL_NODATA)
+        if not valid.all():
+            raise CorruptData(f"earthengine dw pixels, {where}: label values outside 0..8 and {LABEL_NODATA}")
+        return LabelMap(data=data, image_id=image_id, method=method)
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _check_grid(grid: PatchGrid, location: Location) -> None:
+    values = (grid.x0, grid.y0, grid.resolution)
+    if not all(math.isfinite(v) for v in values) or grid.resolution <= 0 or grid.size <= 0:
+        raise InvalidGeometry(f"location {location.id}: invalid patch grid {grid}")
+    if not (1024 <= grid.epsg <= 32767):
+        raise InvalidGeometry(f"location {location.id}: invalid EPSG code {grid.epsg}")
