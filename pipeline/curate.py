@@ -22,12 +22,22 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.archive import Archive
 from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
-from pipeline.labels import label_vectors, read_label_provenance, update_label_provenance
+from pipeline.labels import (
+    label_vectors,
+    read_label_provenance,
+    update_label_provenance,
+)
 from pipeline.locations import Location
 from pipeline.manifest import Manifest
-from pipeline.sampling import locations_to_geodataframe, read_locations, sample_locations, write_locations
+from pipeline.sampling import (
+    locations_to_geodataframe,
+    read_locations,
+    sample_locations,
+    write_locations,
+)
 from pipeline.seasons import location_shift_days, season_windows
 from pipeline.sources import Source, SourceError, TransientSourceError, build_source
 from pipeline.split import ensure_split
@@ -41,7 +51,6 @@ from pipeline.store import (
     PatchResult,
     create_archive,
     date_to_days,
-    open_group,
     storage_options_for,
     write_patches,
 )
@@ -102,7 +111,7 @@ def plan_locations(manifest: Manifest) -> list[Location]:
 
 def pending_shards(manifest: Manifest, layout: ArchiveLayout, retry_failed: bool = False) -> list[int]:
     """Shards that contain at least one patch still to do (and failed ones when ``retry_failed``)."""
-    status = open_group(manifest.store.path, "r", manifest.store.storage_options or None)["status"][:]
+    status = Archive.from_manifest(manifest).open("r")["status"][:]
     todo = status == STATUS_TODO
     if retry_failed:
         todo |= status == STATUS_FAILED
@@ -222,7 +231,7 @@ def process_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locatio
     """Fetch, label and write the pending patches of one shard. ``locations`` are that shard's locations."""
     t0 = time.perf_counter()
     source = source or build_source(manifest)
-    group = open_group(manifest.store.path, "r+", manifest.store.storage_options or None)
+    group = Archive.from_manifest(manifest).open("r+")
     sl = layout.shard_slice(shard)
     status = group["status"][sl]
     wanted = (status == STATUS_TODO) | ((status == STATUS_FAILED) if retry_failed else False)
@@ -257,7 +266,7 @@ def mark_shard_failed(manifest: Manifest, layout: ArchiveLayout, shard: int, err
     Only patches still to do are marked: what the task had written stays. Returns how many were marked.
     Called once the shard's task has ended, so no other writer touches the shard's status chunk.
     """
-    group = open_group(manifest.store.path, "r+", manifest.store.storage_options or None)
+    group = Archive.from_manifest(manifest).open("r+")
     sl = layout.shard_slice(shard)
     status = group["status"][sl]
     todo = status == STATUS_TODO
@@ -275,7 +284,7 @@ def mark_shard_failed(manifest: Manifest, layout: ArchiveLayout, shard: int, err
 def record_curated_labels(manifest: Manifest) -> None:
     """After a run curated new patches: when the archive's labels had been imported (published labels),
     record that the new patches carry labels computed from their maps (one writer: the flow, after its shards)."""
-    group = open_group(manifest.store.path, "r+", manifest.store.storage_options or None)
+    group = Archive.from_manifest(manifest).open("r+")
     record = read_label_provenance(group)
     if record and record.get("source") == "published":
         presence, min_valid = label_thresholds(manifest, record)

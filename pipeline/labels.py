@@ -67,9 +67,10 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from pipeline.archive import Archive
 from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
 from pipeline.manifest import LabelsConfig
-from pipeline.store import STATUS_DONE, open_group
+from pipeline.store import STATUS_DONE
 
 __all__ = [
     "STATUS_DONE", "label_vectors", "label_vectors_dask", "compute_archive_labels", "relabel_archive", "label_summary",
@@ -379,7 +380,7 @@ def compute_archive_labels(
     """
     if batch_patches < 1:
         raise ValueError(f"batch_patches must be >= 1, got {batch_patches}")
-    group = open_group(store, "r+", storage_options)
+    group = Archive.of(store, storage_options).open("r+")
     n_classes = _check_group_layout(group)
     _check_params(n_classes, nodata, presence_threshold, min_valid_fraction)
     status = np.asarray(group["status"][:])
@@ -409,7 +410,7 @@ def compute_archive_labels(
                 on_region(p1, n_patch)
 
     # reopened: the attributes are rewritten whole, so start from what is on disk now
-    update_label_provenance(open_group(store, "r+", storage_options), provenance_source, presence_threshold,
+    update_label_provenance(Archive.of(store, storage_options).open("r+"), provenance_source, presence_threshold,
                             min_valid_fraction)
     n_done_ps = int(done.size) * n_seasons
     return {
@@ -437,7 +438,7 @@ def relabel_archive(
     written for readers of older archives. Returns the counts plus the thresholds. Patches curated
     later get the manifest's thresholds again.
     """
-    group = open_group(store, "r+", storage_options)
+    group = Archive.of(store, storage_options).open("r+")
     stored = LabelsConfig.model_validate(group.attrs.get("manifest", {}).get("labels", {}))
     used = {
         "presence_threshold": float(stored.presence_threshold if presence_threshold is None else presence_threshold),
@@ -445,7 +446,7 @@ def relabel_archive(
     }
     counts = compute_archive_labels(store, batch_patches=batch_patches, storage_options=storage_options,
                                     on_region=on_region, provenance_source="relabel", **used)
-    group = open_group(store, "r+", storage_options)  # reopened: the attributes changed meanwhile
+    group = Archive.of(store, storage_options).open("r+")  # reopened: the attributes changed meanwhile
     group.attrs["labels_recomputed"] = {**used, "at": group.attrs[LABEL_PROVENANCE_ATTR]["updated"]}
     return {**counts, **used}
 
@@ -479,7 +480,7 @@ def summary_statistics(store: str, storage_options: dict[str, Any] | None = None
 
     Ratios with a zero denominator are NaN.
     """
-    group = open_group(store, "r", storage_options)
+    group = Archive.of(store, storage_options).open("r")
     n_classes = _check_group_layout(group)
     status = np.asarray(group["status"][:])
     done = np.flatnonzero(status == STATUS_DONE)

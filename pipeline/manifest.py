@@ -34,6 +34,7 @@ from pydantic import (
 
 from pipeline.bands import DW_CLASSES, DW_PALETTE, MODALITY_BANDS
 from pipeline.errors import BadInput
+from pipeline.store_target import is_url
 
 
 class _Strict(BaseModel):
@@ -364,14 +365,10 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return "not valid YAML: " + " ".join(str(err).split())
 
 
-def _is_url(p: str) -> bool:
-    return "://" in p
-
-
 def resolve_paths(manifest: Manifest, base: Path) -> Manifest:
     """Make relative local paths in the manifest absolute with respect to ``base``."""
     def fix(p: str | None) -> str | None:
-        if p is None or _is_url(p) or Path(p).is_absolute():
+        if p is None or is_url(p) or Path(p).is_absolute():
             return p
         return str((base / p).resolve())
 

@@ -58,9 +58,11 @@ from typing import IO, Any
 
 import numpy as np
 
+from pipeline.archive import Archive
 from pipeline.bands import DW_CLASSES
 from pipeline.labels import update_label_provenance
-from pipeline.store import MODALITY_ORDER, STATUS_DONE, open_group
+from pipeline.store import MODALITY_ORDER, STATUS_DONE
+from pipeline.store_target import is_local
 
 N_CLASSES = len(DW_CLASSES)
 _LOCATION_KEY = re.compile(r"^[0-9]{7}$")
@@ -153,12 +155,8 @@ def _hook(pairs: list[tuple[str, Any]]) -> _Obj:
     return obj
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def _open_binary(path: str, storage_options: dict | None):
-    if _is_url(path):
+    if not is_local(path):
         import fsspec
 
         return fsspec.open(path, "rb", **(storage_options or {})).open()
@@ -336,7 +334,7 @@ def import_published_labels(json_path: str | Path, store: str, storage_options: 
     """
     if block_patches < 1:
         raise ValueError(f"block_patches must be >= 1, got {block_patches}")
-    group = open_group(store, "r+", storage_options)
+    group = Archive.of(store, storage_options).open("r+")
     if not overwrite and "published_labels" in group.attrs:
         prev = group.attrs["published_labels"]
         raise PublishedLabelsError(f"{store}: published labels were already imported ({prev.get('file')}, "
@@ -415,6 +413,6 @@ def import_published_labels(json_path: str | Path, store: str, storage_options: 
         "replaces": "multi_hot of matched patch-seasons (an empty class list gives an all-zero vector)",
         "label_fraction": "unchanged: the published labels hold presence only, no fractions",
     }
-    update_label_provenance(open_group(store, "r+", storage_options), "published", None, None,
+    update_label_provenance(Archive.of(store, storage_options).open("r+"), "published", None, None,
                             updated=report.imported, file=report.file, sha256=report.sha256, matched=report.matched)
     return report

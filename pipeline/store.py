@@ -54,6 +54,7 @@ from pipeline.store_target import (  # noqa: F401 - ArchiveError is part of this
     TEMPLATE_MARKER,
     ArchiveError,
     check_target,
+    is_url,
     remove_incomplete,
     target_state,
 )
@@ -229,7 +230,7 @@ def storage_options_for(path: str, storage_options: dict | None = None) -> dict 
     opts = dict(storage_options or {})
     if path.startswith("file://"):
         opts.setdefault("auto_mkdir", True)
-    return opts or None if "://" in path else None
+    return opts or None if is_url(path) else None
 
 
 def _storage_options(manifest: Manifest) -> dict | None:

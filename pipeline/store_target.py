@@ -53,9 +53,17 @@ class ArchiveBusy(RunFailed):
     """Another curation holds the archive's lock."""
 
 
+def is_url(path: str) -> bool:
+    """A URL with a scheme (``s3://``, ``gs://``, ``file://``, …) rather than a plain path.
+
+    The project's one rule for telling paths from URLs, with :func:`is_local`.
+    """
+    return "://" in path
+
+
 def is_local(path: str) -> bool:
     """A path on this machine's file system (plain path or ``file://`` URL)."""
-    return "://" not in path or path.startswith("file://")
+    return not is_url(path) or path.startswith("file://")
 
 
 def local_path(path: str) -> Path:
