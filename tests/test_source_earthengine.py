@@ -1,8 +1,9 @@
 """Earth Engine source, fully offline.
 
 Earth Engine graphs are built and serialised with the client library's own offline test mode (the
-``ee_offline`` fixture below, the one place that patches earthengine-api internals; shared specs,
-stack.md §5). Pixels and metadata come from :class:`FakeTransport`, which also injects faults.
+``ee_offline`` fixture below, the one place that patches earthengine-api internals, as the library's own
+tests do with ``ee.apitestcase``). Pixels and metadata come from :class:`FakeTransport`, which also injects
+faults.
 The ``ee_live`` test talks to Earth Engine and runs only with ``SOFTCON_EE_LIVE=1`` and credentials.
 """
 

@@ -196,7 +196,8 @@ def test_s1_vh_below_vv_per_class(summer_pool):
 
 def test_l1c_brighter_than_l2a_in_blue(summer_pool):
     _, blue = summer_pool
-    # L1C − L2A = P + (T − 1)·L2A (§2b): path radiance wins in the blue except over bright snow or sand
+    # L1C − L2A = P + (T − 1)·L2A (linear TOA model): path radiance wins in the blue except over bright snow
+    # or sand
     for l1c_b2, l2a_b2 in blue:
         assert l1c_b2.mean() > l2a_b2.mean() + 50
         dark = l2a_b2 < 1000
@@ -297,7 +298,7 @@ def test_reported_cloud_pct_matches_rendered_clouds():
         else:
             rendered = 100 * (np.abs(image - surface).max(0) > 500).mean()
         assert abs(rendered - pct) < 3.0, (rendered, pct)
-        if pct > 5:  # L2A over clouds is the inverted TOA, (L1C − P)/T: about 1.1–1.3 × L1C in blue (§2b)
+        if pct > 5:  # L2A over clouds is the inverted TOA, (L1C − P)/T: about 1.1–1.3 × L1C in blue
             m = lab == LABEL_NODATA
             l2a_b2 = sm.images["s2_l2a"].data[S2_L2A_BANDS.index("B2")]
             ratio = l2a_b2[m].mean() / sm.images["s2_l1c"].data[b2][m].mean()

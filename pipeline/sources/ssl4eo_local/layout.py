@@ -109,9 +109,10 @@ def first_band_file(root: Path, location_id: str) -> Path | None:
 def list_local_locations(root: str | Path) -> list[Location]:
     """The locations of a local SSL4EO-S12 copy, sorted by id.
 
-    ``index`` = position in that order (the archive row), ``source_id`` = the 7-digit folder id; lon/lat = centre of the bounds of the first
-    S2 band file found (L1C, then L2A, then S1 as a fallback), assumed in EPSG:4326 or transformed
-    to it; ``epsg`` = the UTM zone of that centre; x/y = the centre projected with pyproj.
+    ``index`` = position in that order (the archive row), ``source_id`` = the 7-digit folder id;
+    lon/lat = centre of the bounds of the first S2 band file found (L1C, then L2A, then S1 as a
+    fallback), assumed in EPSG:4326 or transformed to it; ``epsg`` = the UTM zone of that centre;
+    x/y = the centre projected with pyproj.
 
     A location folder none of whose modality folders holds a band file (all empty, or acquisition
     folders without ``.tif`` files) has no usable acquisition: it is skipped with a warning naming
