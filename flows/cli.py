@@ -22,6 +22,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from flows.cli_plot import plot_app
 from pipeline.errors import BadInput, RunFailed
 
 APP_HELP = "\n\n".join([
@@ -75,6 +76,7 @@ app = typer.Typer(
 )
 console = Console()
 _options = {"debug": False}
+app.add_typer(plot_app, name="plot")
 
 
 @app.callback()
@@ -175,16 +177,22 @@ def curate(
 
 @app.command()
 def inspect(
-    store: str = typer.Argument(..., help="archive path or fsspec URL"),
+    store: str = typer.Argument(..., help="archive path or fsspec URL, or a run folder or weight file"),
     as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
 ) -> None:
-    """Summarise an archive: patch counts, failures, class frequencies, the train/val/test split.
+    """Summarise an archive: patch counts, failures, class frequencies, the train/val/test split; or a
+    pretraining run, backbone or checkpoint: architecture, bands, normalisation, training data, steps, loss.
 
-    Example: softcon inspect output/ssl4eo_s12_ml_mini.zarr
+    Example: softcon inspect output/ssl4eo_s12_ml_mini.zarr; softcon inspect runs/softcon-mini
     """
     from pipeline.labels import label_summary, summary_statistics
     from pipeline.store import summarize
+    from train.describe_run import describe_path, format_description, is_run_path
 
+    if is_run_path(store):
+        run = describe_path(store)
+        console.print_json(json.dumps(run)) if as_json else console.print(escape(format_description(run)))
+        return
     _require_archive(store)
     summary = summarize(store) | label_summary(summary_statistics(store))
     summary["split"] = _split_summary(store)
