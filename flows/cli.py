@@ -185,8 +185,7 @@ def inspect(
 
     Example: softcon inspect output/ssl4eo_s12_ml_mini.zarr; softcon inspect runs/softcon-mini
     """
-    from pipeline.labels import label_summary, summary_statistics
-    from pipeline.store import summarize
+    from pipeline.archive import Archive
     from train.describe_run import describe_path, format_description, is_run_path
 
     if is_run_path(store):
@@ -194,8 +193,7 @@ def inspect(
         console.print_json(json.dumps(run)) if as_json else console.print(escape(format_description(run)))
         return
     _require_archive(store)
-    summary = summarize(store) | label_summary(summary_statistics(store))
-    summary["split"] = _split_summary(store)
+    summary, _ = Archive(store).describe()
     if as_json:
         console.print_json(json.dumps(summary))
     else:
@@ -230,18 +228,6 @@ def _print_summary(s: dict) -> None:
         console.print(escape(_split_line(s["split"])))
     if s.get("label_provenance"):
         console.print(escape(f"label provenance: {_plain(s['label_provenance'])}"))
-
-
-def _split_summary(store: str) -> dict | None:
-    """The archive's split record, None without a split, or ``{"error": …}`` when it is damaged."""
-    from pipeline.split import read_split
-    from pipeline.store import ArchiveError
-
-    try:
-        found = read_split(store)
-    except ArchiveError as err:
-        return {"error": _one_line(str(err))}
-    return None if found is None else found[1]
 
 
 def _split_line(record: dict | None) -> str:
@@ -455,24 +441,28 @@ def stats(
     modality: str = typer.Option("s2_l1c", help="s2_l1c | s2_l2a | s1_grd"),
     out: Path = typer.Option(Path("stats.json"), help="JSON file to write the per-band statistics to"),
     max_patches: Optional[int] = typer.Option(None, help="use at most this many done patches"),
+    split: list[str] = typer.Option(["train"], help="split to use, repeatable (train | val | test), "
+                                    "or 'all' for every done patch"),
 ) -> None:
     """Per-band mean and std of an archive's modality (for normalisation), written as JSON.
+
+    Uses the archive's train split unless --split says otherwise; the file records the splits used.
 
     Example: softcon stats output/ssl4eo_s12_ml_mini.zarr --modality s2_l1c --out stats.json
     """
     from pipeline.bands import MODALITY_BANDS
-    from pipeline.store import open_group
-    from train.data import compute_archive_statistics, save_statistics
+    from pipeline.statistics import archive_statistics
+    from train.data import save_statistics
 
     if modality not in MODALITY_BANDS:
         raise BadInput(f"--modality {modality}: unknown modality; choose one of {', '.join(MODALITY_BANDS)}")
     _require_archive(store)
-    mean, std = compute_archive_statistics(store, modality, max_patches=max_patches)
-    bands = list(open_group(store, "r").attrs["band_names"][modality])
-    save_statistics(out, modality, bands, mean, std)
-    for b, m_, s_ in zip(bands, mean, std):
+    st = archive_statistics(store, modality, splits="all" if split == ["all"] else split, max_patches=max_patches)
+    save_statistics(out, modality, st.bands, st.mean, st.std, **st.metadata())
+    for b, m_, s_ in zip(st.bands, st.mean, st.std):
         console.print(f"{b:>4}  mean {float(m_):10.2f}  std {float(s_):10.2f}")
-    console.print(f"→ {out}")
+    used = st.splits if isinstance(st.splits, str) else ", ".join(st.splits)
+    console.print(f"splits: {used} ({st.n_patches} patches) → {out}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE as NO_CACHE
@@ -44,12 +43,18 @@ from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
 from pipeline import curate as steps
+from pipeline.archive import Archive
 from pipeline.errors import BadInput
+from pipeline.jsonable import to_jsonable
 from pipeline.locations import Location
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.progress import progress_bar
 from pipeline.sources import TransientSourceError
-from pipeline.store import ArchiveLayout, count_failure_kinds, format_failure_kinds, summarize
+from pipeline.store import (
+    ArchiveLayout,
+    count_failure_kinds,
+    format_failure_kinds,
+)
 from pipeline.store_target import archive_lock, is_local, local_path
 
 SLOT_WAIT_LOG_S = 30.0
@@ -127,12 +132,7 @@ def curate_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, location
 @task(name="archive-report", cache_policy=NO_CACHE)
 def archive_report(manifest: Manifest) -> dict:
     """Summary JSON and plots (locations map, class frequencies, co-occurrence) beside the archive."""
-    from pipeline.labels import (
-        label_summary,
-        plot_class_frequencies,
-        plot_cooccurrence,
-        summary_statistics,
-    )
+    from pipeline.labels import plot_class_frequencies, plot_cooccurrence
     from pipeline.sampling import (
         load_cities,
         locations_to_geodataframe,
@@ -140,9 +140,8 @@ def archive_report(manifest: Manifest) -> dict:
         read_locations,
     )
 
-    path, so = manifest.store.path, manifest.store.storage_options or None
-    stats = summary_statistics(path, so)
-    summary = summarize(path, so) | label_summary(stats)
+    path = manifest.store.path
+    summary, stats = Archive.from_manifest(manifest).describe()
     if not is_local(path):
         return summary  # plots are written for local archives only
     out = local_path(path.rstrip("/") + ".report")
@@ -155,7 +154,7 @@ def archive_report(manifest: Manifest) -> dict:
     gdf = locations_to_geodataframe(read_locations(steps.locations_path(path)), manifest.patch)
     cities = load_cities(manifest.sampling.city_table, manifest.sampling.top_n_cities)
     plot_locations(gdf, out / "locations.png", title=f"{manifest.name}: {len(gdf)} locations", cities=cities)
-    (out / "summary.json").write_text(json.dumps({"archive": summary, "labels": _jsonable(stats)}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"archive": summary, "labels": to_jsonable(stats)}, indent=2))
     summary["report"] = str(out)
     return summary
 
@@ -171,20 +170,6 @@ def _report_folder_is_ours(out: Path) -> bool:
         return "manifest_hash" in earlier["archive"]
     except (OSError, ValueError, KeyError, TypeError):
         return not any(out.iterdir())
-
-
-def _jsonable(obj: Any) -> Any:
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def launch_pretraining(manifest: Manifest) -> str:

@@ -160,6 +160,25 @@ class Archive:
         """Counts of done/failed/todo patches, failure reasons and identity (:func:`pipeline.store.summarize`)."""
         return summarize(self.path, dict(self.storage_options or {}) or None)
 
+    def describe(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The archive summary that ``softcon inspect`` prints and the curation report writes, and the label
+        statistics behind it (:func:`pipeline.labels.summary_statistics`, for the report's plots).
+
+        The summary is :meth:`summary` with the labels' headline numbers and the split record (None without
+        a split, ``{"error": …}`` when it is damaged).
+        """
+        from pipeline.labels import label_summary, summary_statistics
+
+        so = dict(self.storage_options or {}) or None
+        stats = summary_statistics(self.path, so)
+        summary = self.summary() | label_summary(stats)
+        try:
+            found = self.split()
+            summary["split"] = None if found is None else found[1]
+        except ArchiveError as err:
+            summary["split"] = {"error": " ".join(str(err).split())}
+        return summary, stats
+
     # ------------------------------------------------------------------ the split
     def split(self) -> tuple[np.ndarray, dict[str, Any]] | None:
         """Per-patch split codes and the split record, or None when the archive has none."""

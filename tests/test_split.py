@@ -367,10 +367,10 @@ def test_inspect_shows_the_split(curated):
 
 
 def test_inspect_shows_label_provenance_when_the_summary_has_it(curated, monkeypatch):
-    import pipeline.store
+    import pipeline.archive
 
-    original = pipeline.store.summarize
-    monkeypatch.setattr(pipeline.store, "summarize",
+    original = pipeline.archive.summarize
+    monkeypatch.setattr(pipeline.archive, "summarize",
                         lambda *a, **k: original(*a, **k) | {"label_provenance": {"dynamic_world": 8}})
     res = run("inspect", curated)
     assert res.exit_code == 0, res.output

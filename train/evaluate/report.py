@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.jsonable import to_jsonable
+
 __all__ = ["HEADLINE_METRICS", "PROTOCOL_ORDER", "plot_per_class_ap", "results_table", "to_jsonable", "write_report"]
 
 PROTOCOL_ORDER: tuple[str, ...] = ("linear", "logistic", "knn", "finetune", "retrieval")
@@ -40,35 +42,6 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "finetune": ("OA", "mAP_macro", "mAP_micro", "F1_macro"),
     "retrieval": ("mAP@20", "mAP@100", "mAP@all", "P@20", "NDCG@20", "hard/mAP@all"),
 }
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types: tensors/arrays → lists, NaN/inf → None, paths → str, tuples → lists."""
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return to_jsonable(obj.detach().cpu().tolist())
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
 
 
 def _fmt(v: Any) -> str:
