@@ -92,7 +92,7 @@ def test_every_loss_trains_on_the_engine(archive, tmp_path, name, options):
 def test_archive_statistics_file(archive, tmp_path):
     from train.data import compute_archive_statistics, save_statistics
 
-    mean, std = compute_archive_statistics(archive, "s2_l2a")
+    mean, std = compute_archive_statistics(archive, "s2_l2a", splits="all")  # the fixture has no split
     from pipeline.bands import S2_L2A_BANDS
 
     save_statistics(tmp_path / "stats.json", "s2_l2a", list(S2_L2A_BANDS), mean, std)

@@ -46,7 +46,7 @@ def test_s1_statistics_ignore_nan_like_numpy(archive):
     assert np.isnan(data).any()
     per_band = np.moveaxis(data, 2, 0).reshape(len(S1_GRD_BANDS), -1)
     ref_mean, ref_std = np.nanmean(per_band, axis=1), np.nanstd(per_band, axis=1)
-    mean, std, counts = compute_archive_statistics(archive, "s1_grd", return_counts=True)
+    mean, std, counts = compute_archive_statistics(archive, "s1_grd", splits="all", return_counts=True)
     assert np.isfinite(mean).all() and np.isfinite(std).all()
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-10)
     np.testing.assert_allclose(std, ref_std, rtol=1e-8)
@@ -56,7 +56,7 @@ def test_s1_statistics_ignore_nan_like_numpy(archive):
 
 def test_s1_items_have_no_nan_and_nodata_is_zero(archive):
     g = open_group(archive)
-    mean, std = compute_archive_statistics(archive, "s1_grd")
+    mean, std = compute_archive_statistics(archive, "s1_grd", splits="all")
     for mode in ("softcon", "zscore"):  # 0 is the clip floor (softcon) and the band mean (zscore)
         norm = Normalizer(mean, std, mode=mode, bands=S1_GRD_BANDS)
         ds = ArchiveDataset(archive, modality="s1_grd", view_mode="single", normalizer=norm)

@@ -194,21 +194,21 @@ def test_compute_archive_statistics_matches_numpy(archive, tmp_path):
         valid = np.isfinite(data) if modality == "s1_grd" else data != 0
         ref_mean = np.array([row[v].mean() for row, v in zip(data, valid)])
         ref_std = np.array([row[v].std() for row, v in zip(data, valid)])
-        mean, std, counts = compute_archive_statistics(archive, modality, return_counts=True)
+        mean, std, counts = compute_archive_statistics(archive, modality, splits="all", return_counts=True)
         np.testing.assert_allclose(mean, ref_mean, rtol=1e-10)
         np.testing.assert_allclose(std, ref_std, rtol=1e-8)
         assert counts.tolist() == valid.sum(axis=1).tolist() and (counts < data.shape[1]).any()
-    sub_mean, sub_std = compute_archive_statistics(archive, "s2_l1c", bands=["B8", "B2"])
-    full_mean, full_std = compute_archive_statistics(archive, "s2_l1c")
+    sub_mean, sub_std = compute_archive_statistics(archive, "s2_l1c", splits="all", bands=["B8", "B2"])
+    full_mean, full_std = compute_archive_statistics(archive, "s2_l1c", splits="all")
     np.testing.assert_allclose(sub_mean, full_mean[[7, 1]])
     np.testing.assert_allclose(sub_std, full_std[[7, 1]])
     # max_patches: the same as the statistics of that many evenly spread done patches
-    m2, _ = compute_archive_statistics(archive, "s2_l1c", max_patches=2)
+    m2, _ = compute_archive_statistics(archive, "s2_l1c", splits="all", max_patches=2)
     assert not np.allclose(m2, full_mean)
     # JSON round trip, merged per modality, and a normaliser selected by band names
     f = tmp_path / "stats.json"
     save_statistics(f, "s2_l1c", list(S2_L1C_BANDS), full_mean, full_std, store=archive, n_pixels=counts)
-    save_statistics(f, "s1_grd", list(S1_GRD_BANDS), *compute_archive_statistics(archive, "s1_grd"))
+    save_statistics(f, "s1_grd", list(S1_GRD_BANDS), *compute_archive_statistics(archive, "s1_grd", splits="all"))
     lm, ls = load_statistics(f, "s2_l1c", ["B8", "B2"])
     np.testing.assert_allclose(lm, sub_mean)
     np.testing.assert_allclose(ls, sub_std)
@@ -337,8 +337,8 @@ def test_fsspec_file_url(archive):
     assert len(du) == len(ds)
     a, b = ds[4], du[4]
     assert torch.equal(a["view1"], b["view1"]) and torch.equal(a["multi_hot"], b["multi_hot"])
-    mean, _ = compute_archive_statistics(url, "s1_grd", max_patches=2)
-    np.testing.assert_allclose(mean, compute_archive_statistics(archive, "s1_grd", max_patches=2)[0])
+    mean, _ = compute_archive_statistics(url, "s1_grd", splits="all", max_patches=2)
+    np.testing.assert_allclose(mean, compute_archive_statistics(archive, "s1_grd", splits="all", max_patches=2)[0])
 
 
 def test_compose_and_bad_arguments(archive):

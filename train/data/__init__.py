@@ -18,7 +18,14 @@ import path:
 from __future__ import annotations
 
 from pipeline.statistics import compute_archive_statistics
-from train.data.dataset import NAME_KEYS, ArchiveDataset, ViewTransform, collate_items, item_generator, item_seed
+from train.data.dataset import (
+    NAME_KEYS,
+    ArchiveDataset,
+    ViewTransform,
+    collate_items,
+    item_generator,
+    item_seed,
+)
 from train.data.loader import EpochDataLoader, EpochSampler, build_dataloader
 from train.data.normalization import (
     PUBLISHED_STATISTICS,

@@ -46,9 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from pipeline.split_selection import ALL_SPLITS, check_split_names, select_split_patches
 from pipeline.store import STATUS_DONE, open_group
 from train.data.normalization import Normalizer
-from train.data.splits import ALL_SPLITS, _check_split_names, select_split_patches
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -127,7 +127,7 @@ class ArchiveDataset(Dataset):
         self.splits: list[str] | str | None = None
         self.split_record: dict | None = None
         if splits is not None:
-            self.splits = _check_split_names(splits)
+            self.splits = check_split_names(splits)
             in_splits, self.split_record = select_split_patches(self.store, self.splits, storage_options)
             if in_splits is not None:
                 done = np.intersect1d(done, in_splits)

@@ -1,4 +1,4 @@
-"""Split selection and the training-data record.
+"""Split selection (from :mod:`pipeline.split_selection`) and the training-data record.
 
 ``ArchiveDataset(splits=["train"])`` keeps only the done patches of those splits of the archive (the
 ``split`` variable written by ``softcon split``, :mod:`pipeline.split`); ``splits="all"`` keeps every
@@ -12,60 +12,29 @@ its manifest hash, the splits, the split record and the ``patch_id`` of every pa
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.errors import BadInput
-from pipeline.split import SPLIT_CODES, read_split
+from pipeline.split_selection import (
+    ALL_SPLITS,
+    SPLIT_NAMES,
+    check_split_names,
+    select_split_patches,
+)
 
-#: Split names of the archive's ``split`` variable (:data:`pipeline.split.SPLIT_CODES`).
-SPLIT_NAMES = tuple(SPLIT_CODES)
-#: ``splits`` value that selects every done patch, with or without a split in the archive.
-ALL_SPLITS = "all"
+__all__ = [
+    "ALL_SPLITS",
+    "SPLIT_NAMES",
+    "TRAINING_DATA_FILE",
+    "check_split_names",
+    "select_split_patches",
+    "training_data_json",
+    "write_training_data",
+]
+
 #: File of a run folder that records what the run trained on.
 TRAINING_DATA_FILE = "training_data.json"
-
-
-def _check_split_names(splits: Sequence[str] | str) -> list[str] | str:
-    """``"all"`` or a non-empty list of distinct names of :data:`SPLIT_NAMES` (else :class:`BadInput`)."""
-    if isinstance(splits, str):
-        if splits == ALL_SPLITS:
-            return ALL_SPLITS
-        splits = [splits]
-    names = list(splits)
-    if not names:
-        raise BadInput(f"splits: empty; name the splits to use ({', '.join(SPLIT_NAMES)}) "
-                       f"or '{ALL_SPLITS}' for every done patch")
-    unknown = [n for n in names if n not in SPLIT_NAMES]
-    if unknown:
-        raise BadInput(f"splits: unknown split(s) {unknown}; valid: {list(SPLIT_NAMES)} or '{ALL_SPLITS}'")
-    if len(set(names)) != len(names):
-        raise BadInput(f"splits: {names} names a split twice")
-    return names
-
-
-def select_split_patches(store: str, splits: Sequence[str] | str, storage_options: dict | None = None
-                         ) -> tuple[np.ndarray | None, dict | None]:
-    """``(patch indices, split record)`` of the archive's ``splits`` (e.g. ``["train"]``).
-
-    The indices (int64, sorted) are every patch whose split code is one of ``splits``, whatever
-    its status (intersect with the done patches yourself). ``splits="all"``: indices ``None`` (no
-    restriction) and the record if the archive has one. An archive without a split raises
-    :class:`BadInput` naming it and the command that writes one.
-    """
-    names = _check_split_names(splits)
-    found = read_split(str(store), storage_options)
-    if names == ALL_SPLITS:
-        return None, (None if found is None else found[1])
-    if found is None:
-        raise BadInput(f"{store}: the archive has no train/val/test split; create one with "
-                       f"`softcon split {store}` (or set splits: {ALL_SPLITS} to use every done patch)")
-    codes, record = found
-    wanted = np.array([SPLIT_CODES[n] for n in names], dtype=np.asarray(codes).dtype)
-    return np.flatnonzero(np.isin(np.asarray(codes), wanted)).astype(np.int64), record
 
 
 def training_data_json(record: dict[str, Any]) -> str:
