@@ -7,6 +7,7 @@ them gives reference gradients.  The DDP test spawns a real 2-process gloo group
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from pathlib import Path
@@ -21,20 +22,25 @@ from train.losses import (
     LOSSES,
     BYOLLoss,
     InfoNCELoss,
+    LossCall,
+    LossContract,
     MACLLoss,
     MemoryQueue,
     MoCoV2Loss,
     MoCoV3Loss,
     MulSupConLoss,
     NTXentLoss,
+    Online,
     SoftConLoss,
     SupConLoss,
     TripletLoss,
     build_loss,
+    call_loss,
     gather_with_grad,
     label_cosine,
     label_jaccard,
     label_rarity,
+    loss_contract,
     masked_logits,
     rank_offset,
 )
@@ -745,3 +751,84 @@ def test_fused_softcon_terms_match_unfused_reference():
         torch.testing.assert_close(hard, ref_h)
         torch.testing.assert_close(soft, ref_s)
         torch.testing.assert_close(gx, rx)
+
+# ============================================================================ input contracts
+# positional tensors of each call shape, labels not counted
+CALL_ARITY = {LossCall.CROSS_VIEW: 2, LossCall.OWN_SYMMETRIC: 4, LossCall.VIEWS_AND_KEYS: 4,
+              LossCall.VIEW_PAIR: 2, LossCall.STACKED_VIEWS: 1}
+
+
+def _tensor_params(fn) -> list[str]:
+    """Positional parameters of ``fn`` (a bound method), flags with defaults of bool type excluded."""
+    sig = inspect.signature(fn)
+    return [n for n, p in sig.parameters.items()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and not isinstance(p.default, bool)]
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_registered_loss_declares_a_contract_its_signature_fits(name):
+    contract = loss_contract(name)
+    assert isinstance(contract, LossContract) and contract is LOSSES[name].contract
+    method = "symmetric" if contract.call is LossCall.OWN_SYMMETRIC else "forward"
+    params = _tensor_params(getattr(LOSSES[name], method).__get__(object()))
+    assert len(params) >= CALL_ARITY[contract.call] + contract.labelled, (name, params)
+    assert ("labels" in params) == contract.labelled or contract.call is LossCall.STACKED_VIEWS, (name, params)
+    if contract.labelled:
+        assert params[CALL_ARITY[contract.call]] == "labels", (name, params)
+
+
+def test_unknown_or_undeclared_loss_fails_with_a_clear_error(monkeypatch):
+    with pytest.raises(KeyError, match="unknown loss 'nope'.*softcon"):
+        loss_contract("nope")
+
+    class NoContract(torch.nn.Module):
+        def forward(self, q, k):
+            return (q * k).sum()
+
+    monkeypatch.setitem(LOSSES, "no_contract", NoContract)
+    with pytest.raises(TypeError, match="loss 'no_contract' \\(NoContract\\) declares no input contract"):
+        loss_contract("no_contract")
+    from train.pretrain import compute_loss
+
+    z = (torch.randn(2, 3), torch.randn(2, 3))
+    with pytest.raises(TypeError, match="declares no input contract"):
+        compute_loss("no_contract", NoContract(), z, z, z, torch.zeros(2, 4))
+
+
+class _Recorder(torch.nn.Module):
+    """Records the positional arguments of each call (forward and symmetric), returns 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    def forward(self, *args):
+        self.calls.append(("forward", args))
+        return torch.ones(())
+
+    def symmetric(self, *args):
+        self.calls.append(("symmetric", args))
+        return torch.ones(())
+
+
+@pytest.mark.parametrize("online", list(Online))
+@pytest.mark.parametrize("labelled", [False, True])
+def test_call_loss_passes_the_declared_tensors(online, labelled):
+    z, q, k = ((torch.randn(3, 2), torch.randn(3, 2)) for _ in range(3))
+    y = torch.randn(3, 5)
+    a = z if online is Online.PROJECTION else q
+    extra = (y,) if labelled else ()
+    expected = {
+        LossCall.CROSS_VIEW: [("forward", (a[0], k[1], *extra)), ("forward", (a[1], k[0], *extra))],
+        LossCall.OWN_SYMMETRIC: [("symmetric", (a[0], a[1], k[0], k[1], *extra))],
+        LossCall.VIEWS_AND_KEYS: [("forward", (a[0], a[1], k[0], k[1], *extra))],
+        LossCall.VIEW_PAIR: [("forward", (a[0], a[1], *extra))],
+        LossCall.STACKED_VIEWS: [("forward", (torch.stack([a[0], a[1]], dim=1), *extra))],
+    }
+    for call, calls in expected.items():
+        rec = _Recorder()
+        out = call_loss(LossContract(call, online, labelled=labelled), rec, z, q, k, y)
+        assert float(out) == len(calls)
+        assert [c for c, _ in rec.calls] == [c for c, _ in calls]
+        for (_, got), (_, want) in zip(rec.calls, calls):
+            assert len(got) == len(want) and all(torch.equal(g, w) for g, w in zip(got, want)), call

@@ -3,11 +3,16 @@
 Every loss is an ``nn.Module`` whose ``forward`` returns a scalar tensor; the
 formulas, sources and input shapes are in each class docstring.  Shared numerics
 (fp32 logits, self-masking, label similarities, gradient-preserving all-gather)
-live in :mod:`train.losses.common`.
+live in :mod:`train.losses.common`.  Every registered class declares how the
+training step calls it (class attribute ``contract``, a
+:class:`~train.losses.contract.LossContract`); :func:`loss_contract` reads it.
+A new loss is its own module plus one line in :data:`LOSSES`.
 
 Example:
     >>> from train.losses import build_loss
     >>> loss_fn = build_loss("softcon", temperature=0.2, lam=1.0, soft_term="bce")
+    >>> loss_contract("softcon").labelled
+    True
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .common import (
     soft_target_nll,
     to_label_matrix,
 )
+from .contract import LossCall, LossContract, Online, call_loss, contract_of
 from .infonce import InfoNCELoss, NTXentLoss, diagonal_nll
 from .macl import MACLLoss, label_rarity
 from .moco import MemoryQueue, MoCoV2Loss, MoCoV3Loss
@@ -62,12 +68,31 @@ LOSSES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_loss(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate the loss registered as ``name`` (case-insensitive, '-' == '_') with ``kwargs``."""
+def loss_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name`` (case-insensitive, '-' == '_').
+
+    Raises:
+        KeyError: no loss of that name is registered.
+    """
     key = name.lower().replace("-", "_")
     if key not in LOSSES:
         raise KeyError(f"unknown loss {name!r}; known: {sorted(LOSSES)}")
-    return LOSSES[key](**kwargs)
+    return LOSSES[key]
+
+
+def build_loss(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate the loss registered as ``name`` (case-insensitive, '-' == '_') with ``kwargs``."""
+    return loss_class(name)(**kwargs)
+
+
+def loss_contract(name: str) -> LossContract:
+    """The input contract declared by the loss registered as ``name``.
+
+    Raises:
+        KeyError: no loss of that name is registered.
+        TypeError: the registered class declares no contract.
+    """
+    return contract_of(loss_class(name), name)
 
 
 __all__ = [
@@ -75,6 +100,8 @@ __all__ = [
     "NEG_LOGIT",
     "BYOLLoss",
     "InfoNCELoss",
+    "LossCall",
+    "LossContract",
     "MACLLoss",
     "MemoryQueue",
     "MoCoV2Loss",
@@ -82,12 +109,15 @@ __all__ = [
     "MulSupConLoss",
     "MultiViewRows",
     "NTXentLoss",
+    "Online",
     "SoftConLoss",
     "SupConLoss",
     "TripletLoss",
     "binarize_labels",
     "build_loss",
     "byol_regression",
+    "call_loss",
+    "contract_of",
     "cosine_matrix",
     "diagonal_nll",
     "flatten_views",
@@ -101,6 +131,8 @@ __all__ = [
     "label_positive_mask",
     "label_rarity",
     "label_similarity",
+    "loss_class",
+    "loss_contract",
     "masked_logits",
     "mean_over_valid",
     "pairwise_distance",

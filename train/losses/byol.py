@@ -7,11 +7,14 @@ Reference:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .common import compute_dtype, fp32, fp32_forward
+from .contract import LossCall, LossContract, Online
 
 __all__ = ["BYOLLoss", "byol_regression"]
 
@@ -43,6 +46,9 @@ class BYOLLoss(nn.Module):
     Shapes:
         ``forward(p1, p2, z1, z2)``: all ``[B, d]``; scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.VIEWS_AND_KEYS, Online.PREDICTION, gathers=False)
 
     def __init__(self, detach_targets: bool = True) -> None:
         super().__init__()

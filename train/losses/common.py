@@ -12,7 +12,7 @@ the identity target, SupCon a uniform target over the positive set, SoftCon a
 target built from label similarity, MACL a rarity-weighted target over
 positives, MulSupCon a per-label-normalised (unnormalised-row) target.
 
-Numerics (losses.md §6):
+Numerics (our conventions):
 
 * logits are always computed in at least float32, with autocast disabled,
   from L2-normalised embeddings (``cos / tau``);
@@ -340,7 +340,8 @@ def label_intersection(a: Tensor, b: Tensor) -> Tensor:
 def label_cosine(a: Tensor, b: Tensor) -> Tensor:
     """``<y_i, y_j> / (|y_i| |y_j|)``; 0 where either row is unlabelled.
 
-    For multi-hot rows this is ``|A∩B| / sqrt(|A| |B|)`` (softcon.md §3.2).
+    For multi-hot rows this is ``|A∩B| / sqrt(|A| |B|)``: the cosine similarity of multi-label
+    vectors that SoftCon uses as soft targets (Wang et al. 2024, arXiv:2405.20462).
     """
     with fp32(a.device):
         a_n = F.normalize(a.to(compute_dtype(a)), dim=1)
@@ -390,7 +391,8 @@ def check_positive_rule(positive_rule: str, min_overlap: int = 1) -> int:
 def label_positive_mask(a: Tensor, b: Tensor, rule: PositiveRule = "any", min_overlap: int = 1) -> Tensor:
     """Label-based positive pairs ``[Na, Nb]`` (self-pairs not removed).
 
-    ``"any"``: share at least ``min_overlap`` present labels (losses.md §3.1 ANY);
+    ``"any"``: share at least ``min_overlap`` present labels (the ANY mask of MulSupCon's code,
+    Zhang & Wu 2024, github.com/williamzhangsjtu/MulSupCon ``codes/utils.py``);
     ``"all"``: identical, non-empty label sets (ALL).  Unlabelled rows are never
     positives.  Fractions are binarised (a label is present if its fraction > 0).
     """

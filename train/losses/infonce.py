@@ -13,6 +13,8 @@ References:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,6 +29,7 @@ from .common import (
     rank_offset,
     soft_target_nll,
 )
+from .contract import LossCall, LossContract, Online
 
 __all__ = ["InfoNCELoss", "NTXentLoss", "diagonal_nll", "infonce_logits"]
 
@@ -66,7 +69,8 @@ class InfoNCELoss(nn.Module):
 
     Args:
         temperature: ``tau`` (> 0).  MoCo v3 uses 1.0 for ResNet-50, 0.2 for ViT;
-            0.2 is the SSL4EO-S12 recipe (softcon.md §3.6).
+            0.2 is the SSL4EO-S12 MoCo-v3 recipe (Wang et al. 2023, arXiv:2211.07044;
+            github.com/zhu-xlab/SSL4EO-S12).
         scale_by_2tau: multiply the loss by ``2 * tau`` (MoCo v3 convention).
         gather_distributed: use the keys of all ranks as negatives
             (:func:`~train.losses.common.gather_with_grad`); positives sit at
@@ -75,6 +79,9 @@ class InfoNCELoss(nn.Module):
     Shapes:
         ``forward(q, k)``: ``q`` and ``k`` are ``[B, d]``; returns a scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.CROSS_VIEW, Online.PREDICTION)
 
     def __init__(self, temperature: float = 0.2, scale_by_2tau: bool = True, gather_distributed: bool = False) -> None:
         super().__init__()
@@ -116,6 +123,9 @@ class NTXentLoss(nn.Module):
     Shapes:
         ``forward(z_a, z_b)``: two ``[B, d]`` views; returns a scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.VIEW_PAIR, Online.PROJECTION)
 
     def __init__(self, temperature: float = 0.1, gather_distributed: bool = False) -> None:
         super().__init__()

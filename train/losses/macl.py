@@ -10,7 +10,7 @@ a SupCon-style loss on L2-normalised projections with label-aware positives,
 Pairwise Label Reweighting (rare label co-occurrences weigh more) and Dynamic
 Temperature Scaling (temperature depends on how many labels a pair shares and on
 how rare the anchor's labels are).  Everything below is OUR reconstruction
-(losses.md §2.4 [RECON]); every constant is our choice.  This is not lightly's
+from the components named in the paper's abstract; every constant is our choice.  This is not lightly's
 ``MACLLoss`` (Model-Aware Contrastive Learning), which is a different method.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ from .common import (
     mean_over_valid,
     soft_target_nll,
 )
+from .contract import LossCall, LossContract, Online
 from .supcon import positive_mask
 
 __all__ = ["MACLLoss", "label_rarity"]
@@ -120,6 +121,9 @@ class MACLLoss(nn.Module):
     """
 
     rarity: Tensor
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.STACKED_VIEWS, Online.PROJECTION, labelled=True, class_counts=True)
 
     def __init__(
         self,

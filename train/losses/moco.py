@@ -12,11 +12,21 @@ References:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import check_positive, compute_dtype, fp32, fp32_forward, gather_no_grad, soft_target_nll
+from .common import (
+    check_positive,
+    compute_dtype,
+    fp32,
+    fp32_forward,
+    gather_no_grad,
+    soft_target_nll,
+)
+from .contract import LossCall, LossContract, Online
 from .infonce import InfoNCELoss
 
 __all__ = ["MemoryQueue", "MoCoV2Loss", "MoCoV3Loss"]
@@ -128,6 +138,9 @@ class MoCoV2Loss(nn.Module):
         ``symmetric(q1, q2, k1, k2)``: all ``[B, dim]``; scalar.
     """
 
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.OWN_SYMMETRIC, Online.PROJECTION, queue_dim=True)
+
     def __init__(
         self, dim: int = 128, queue_size: int = 65536, temperature: float = 0.2, gather_distributed: bool = False
     ) -> None:
@@ -190,6 +203,9 @@ class MoCoV3Loss(nn.Module):
         ``forward(q1, q2, k1, k2)``: all ``[B, d]``; ``q*`` from the online
         predictor, ``k*`` from the momentum encoder; scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.VIEWS_AND_KEYS, Online.PREDICTION)
 
     def __init__(self, temperature: float = 0.2, scale_by_2tau: bool = True, gather_distributed: bool = False) -> None:
         super().__init__()

@@ -3,12 +3,12 @@
 Reference:
     [0] Zhang & Wu, "Multi-Label Supervised Contrastive Learning", AAAI 2024,
         vol. 38(15), pp. 16786-16793 (williamzhangsjtu/MulSupCon ``codes/losses.py``,
-        ``codes/utils.py``); spec: losses.md §3.2 and §6 (closed form).
+        ``codes/utils.py``); the closed form below is ours.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from .common import (
     soft_target_nll,
     to_label_matrix,
 )
+from .contract import LossCall, LossContract, Online
 from .moco import MemoryQueue
 
 __all__ = ["MulSupConLoss"]
@@ -48,7 +49,7 @@ class MulSupConLoss(nn.Module):
     ``"per_anchor"`` (``with_weight: True``): ``L = mean_i (1/|y_i|) sum_c l_ic``.
     Unlabelled anchors contribute nothing (our choice; the paper's data has none).
     Computed in closed form: ``sum_c l_ic = -sum_k W_ik log p_ik`` with
-    ``W_ik = sum_{c in y_i ∧ y_k} 1/|P_c|`` (losses.md §6).  Fractions are
+    ``W_ik = sum_{c in y_i ∧ y_k} 1/|P_c|`` (our rewriting).  Fractions are
     binarised (label present iff > 0).
 
     Args:
@@ -64,6 +65,9 @@ class MulSupConLoss(nn.Module):
         ``forward(q, k, labels, update_queue=True)``: ``q``, ``k`` ``[B, d]``;
         ``labels`` ``[B, C]`` (or ``[B]`` class indices); scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.OWN_SYMMETRIC, Online.PREDICTION, labelled=True, queue_dim=True)
 
     def __init__(
         self,

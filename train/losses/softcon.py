@@ -7,15 +7,16 @@ Reference:
         (the repo has no training code; the loss below follows the official
         figure ``assets/structure.png``: "hard target + soft target").
 
-The exact form of the soft term is UNVERIFIED (softcon.md §3.4): the three
-candidates of the spec are all implemented and selectable, and every choice that
-is ours is flagged in :class:`SoftConLoss`'s docstring.
+The exact form of the soft term is UNVERIFIED (the official repository has no
+training code and the figure does not fix it): three candidates are implemented
+and selectable, and every choice that is ours is flagged in :class:`SoftConLoss`'s
+docstring.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from .common import (
     soft_target_nll,
     to_label_matrix,
 )
+from .contract import LossCall, LossContract, Online
 from .infonce import diagonal_nll
 
 __all__ = ["SoftConLoss", "SoftTerm", "soft_label_target"]
@@ -130,7 +132,7 @@ class SoftConLoss(nn.Module):
         the verbatim MoCo-v3 loss).
 
     Soft target: ``s_ij = sim(y_i, y_j)`` with ``sim`` = cosine
-    ``<y_i, y_j>/(|y_i||y_j|)`` (softcon.md §3.2, default) or Jaccard (weighted
+    ``<y_i, y_j>/(|y_i||y_j|)`` (the paper's "cosine similarity of multi-label vectors", default) or Jaccard (weighted
     Jaccard ``sum min / sum max`` for fractions).  Unlabelled rows/columns (all-zero
     labels) fall back to the hard target ``1[i = j]`` (UNVERIFIED; our choice).
 
@@ -164,6 +166,9 @@ class SoftConLoss(nn.Module):
         multi-hot or class fractions, or ``[B]`` class indices (< 0 = unlabelled).
         Returns a scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.CROSS_VIEW, Online.PREDICTION, labelled=True)
 
     def __init__(
         self,

@@ -10,6 +10,8 @@ Reference:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +27,7 @@ from .common import (
     mean_over_valid,
     soft_target_nll,
 )
+from .contract import LossCall, LossContract, Online
 
 __all__ = ["SupConLoss", "positive_mask"]
 
@@ -77,6 +80,9 @@ class SupConLoss(nn.Module):
         ``forward(features, labels=None)``: ``features`` ``[B, V, d]`` (or
         ``[B, d]``, V = 1); ``labels`` ``None``, ``[B]`` or ``[B, C]``; scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.STACKED_VIEWS, Online.PROJECTION, labelled=True)
 
     def __init__(
         self,

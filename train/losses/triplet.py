@@ -9,7 +9,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from .common import (
     label_positive_mask,
     mean_over_valid,
 )
+from .contract import LossCall, LossContract, Online
 
 __all__ = ["TripletLoss", "pairwise_distance"]
 
@@ -80,6 +81,9 @@ class TripletLoss(nn.Module):
         ``forward(features, labels=None)``: ``features`` ``[B, V, d]`` or ``[B, d]``;
         ``labels`` ``None``, ``[B]`` or ``[B, C]``; scalar.
     """
+
+    #: How the training step calls it (:mod:`train.losses.contract`).
+    contract: ClassVar[LossContract] = LossContract(LossCall.STACKED_VIEWS, Online.PROJECTION, labelled=True)
 
     def __init__(
         self,
