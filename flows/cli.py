@@ -161,11 +161,11 @@ def curate(
     Example: softcon curate data_manifest.yaml
     """
     _offline_defaults()
-    _checked_manifest(manifest)
+    checked = _checked_manifest(manifest)
     from flows.curate import curate_manifest
     from pipeline.store import format_failure_kinds
 
-    summary = curate_manifest(str(manifest), dask_address=dask_address, retry_failed=retry_failed,
+    summary = curate_manifest(checked, dask_address=dask_address, retry_failed=retry_failed,
                               show_progress=progress and sys.stderr.isatty())
     _print_summary(summary)
     retryable = summary["this_run"]["retryable"]

@@ -200,14 +200,13 @@ def launch_evaluation(manifest: Manifest, run_dir: str) -> str:
 
 
 @flow(name="curate-ssl4eo-s12-ml")
-def curate(manifest_path: str, retry_failed: bool = False, show_progress: bool = False) -> dict:
-    """Curate the archive described by a manifest file; resumes where a previous run stopped.
+def curate(manifest: Manifest, retry_failed: bool = False, show_progress: bool = False) -> dict:
+    """Curate the archive a loaded manifest describes; resumes where a previous run stopped.
 
     Holds the archive's lock for the whole run (a second run on the same store is refused). A shard
     whose task fails is recorded as failed and the other shards go on; patches that failed for a
     retryable reason are listed in ``this_run["retryable"]`` and pretraining is then not started.
     """
-    manifest = load_manifest(manifest_path)
     with archive_lock(manifest.store.path):
         summary = _curate_locked(manifest, retry_failed, show_progress)
     if summary["this_run"]["retryable"]:
@@ -282,13 +281,18 @@ def task_runner_for(manifest: Manifest, dask_address: str | None = None):
 
 
 @flow(name="curate-manifest")
-def curate_manifest(manifest_path: str = "data_manifest.yaml", dask_address: str | None = None,
+def curate_manifest(manifest: Manifest | str = "data_manifest.yaml", dask_address: str | None = None,
                     retry_failed: bool = False, show_progress: bool = False) -> dict:
-    """Entry point of the CLI and of deployments: pick the Dask task runner, run :func:`curate` as a subflow."""
-    manifest = load_manifest(manifest_path)
+    """Entry point of the CLI and of deployments: pick the Dask task runner, run :func:`curate` as a subflow.
+
+    ``manifest`` is a loaded :class:`~pipeline.manifest.Manifest` (the CLI loads and checks it once) or,
+    for deployments, the path of a manifest file, loaded here once; the flows below only see the model.
+    """
+    if not isinstance(manifest, Manifest):
+        manifest = load_manifest(manifest)
     flow_with_runner = curate.with_options(task_runner=task_runner_for(manifest, dask_address))
     with _api_url_for_workers():
-        return flow_with_runner(str(manifest_path), retry_failed=retry_failed, show_progress=show_progress)
+        return flow_with_runner(manifest, retry_failed=retry_failed, show_progress=show_progress)
 
 
 @contextlib.contextmanager

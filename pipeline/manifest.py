@@ -28,6 +28,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -35,6 +36,9 @@ from pydantic import (
 from pipeline.bands import DW_CLASSES, DW_PALETTE, MODALITY_BANDS
 from pipeline.errors import BadInput
 from pipeline.store_target import is_url
+
+#: What JSON dumps of a manifest show instead of a credential (Prefect's flow-run records, archive attributes).
+REDACTED = "<redacted>"
 
 
 class _Strict(BaseModel):
@@ -70,6 +74,10 @@ class EarthEngineSourceOptions(_Strict):
     harmonized: bool = False
     max_concurrent_requests: Annotated[StrictInt, Field(ge=1, le=100)] = 40
     requests_per_second: Annotated[StrictFloat, Field(gt=0)] = 10.0
+
+    @field_serializer("service_account_key", when_used="json")
+    def _redact_key(self, v: str | None) -> str | None:
+        return None if v is None else REDACTED
 
 
 class SourceConfig(_Strict):
@@ -207,6 +215,11 @@ class StoreConfig(_Strict):
     patches_per_shard: Annotated[StrictInt, Field(gt=0, le=4096)] = 16
     compressor: CompressorConfig = CompressorConfig()
     storage_options: dict[str, Any] = {}
+    """fsspec options (may hold credentials: every JSON dump shows their keys only, e.g. in Prefect's records)."""
+
+    @field_serializer("storage_options", when_used="json")
+    def _redact_options(self, v: dict[str, Any]) -> dict[str, str]:
+        return {k: REDACTED for k in v}
 
     @field_validator("path")
     @classmethod
@@ -264,12 +277,7 @@ class Manifest(_Strict):
 
     def public_dump(self) -> dict[str, Any]:
         """The manifest as JSON-able data without credentials (what the archive attributes store)."""
-        data = self.model_dump(mode="json")
-        ee = data["source"].get("earthengine")
-        if ee and ee.get("service_account_key"):
-            ee["service_account_key"] = "<redacted>"
-        data["store"]["storage_options"] = {k: "<redacted>" for k in data["store"]["storage_options"]}
-        return data
+        return self.model_dump(mode="json")  # JSON dumps redact credentials (the field serializers)
 
     def content_hash(self) -> str:
         """SHA-256 of what defines the archive's contents and layout.
