@@ -25,9 +25,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from IPython.display import display
 
-from pipeline.figures import label_plots, label_stats, load_label_table, published_comparison, published_status
+from pipeline.figures import label_plots, label_stats, load_label_table, published_comparison, published_status, show
 
 REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 ARCHIVE = os.environ.get("SOFTCON_ARCHIVE", str(REPO / "output" / "ssl4eo_s12_ml_mini.zarr"))
@@ -46,7 +45,7 @@ counts = label_stats.class_counts(table.multi_hot)
 for name, n, f in zip(table.classes, counts["counts"], counts["frequency"]):
     print(f"{name:>20}: {n:6d} images ({f:.1%})")
 print("labels per image:", dict(enumerate(counts["labels_per_image"].tolist())))
-display(label_plots.class_frequency_figure(table))
+show(label_plots.class_frequency_figure(table))
 
 # %% [markdown]
 # ## Co-occurrence: conditional and lift (PMI)
@@ -59,7 +58,7 @@ off = ~np.eye(len(table.classes), dtype=bool) & np.isfinite(co["pmi"])
 i, j = np.unravel_index(np.where(off, co["pmi"], -np.inf).argmax(), co["pmi"].shape)
 print(f"strongest association: {table.classes[i]} + {table.classes[j]} (PMI {co['pmi'][i, j]:+.2f} bits, "
       f"{co['counts'][i, j]} images)")
-display(label_plots.cooccurrence_figure(table))
+show(label_plots.cooccurrence_figure(table))
 
 # %% [markdown]
 # ## How much of an image does a present class cover?
@@ -68,7 +67,7 @@ display(label_plots.cooccurrence_figure(table))
 for name, d in zip(table.classes, label_stats.fraction_distributions(table.fraction, table.multi_hot)):
     if d.size:
         print(f"{name:>20}: median fraction {np.median(d):.3f} over {d.size} images")
-display(label_plots.fraction_distribution_figure(table))
+show(label_plots.fraction_distribution_figure(table))
 
 # %% [markdown]
 # ## Seasons of one location
@@ -78,7 +77,7 @@ display(label_plots.fraction_distribution_figure(table))
 # %%
 changes = label_stats.season_changes(table.multi_hot, table.fraction, table.season_order)
 print(f"{changes['changing_share']:.1%} of {changes['n_locations']} locations change their label set across seasons")
-display(label_plots.season_change_figure(table))
+show(label_plots.season_change_figure(table))
 
 # %% [markdown]
 # ## Where the labels are: latitude bands and a map
@@ -88,8 +87,8 @@ bands = label_stats.latitude_bands(table.lat, table.multi_hot)
 for lo, n in zip(bands["edges"][:-1], bands["n_labelled"]):
     if n:
         print(f"latitude {lo:+5.0f}°…: {n} labelled images")
-display(label_plots.latitude_figure(table))
-display(label_plots.world_map_figure(table))
+show(label_plots.latitude_figure(table))
+show(label_plots.world_map_figure(table))
 
 # %% [markdown]
 # ## What is behind the labels: clouds and no-data
@@ -97,7 +96,7 @@ display(label_plots.world_map_figure(table))
 # %%
 print(f"median S2 scene cloud cover {np.nanmedian(table.cloud_pct):.1f}%, "
       f"median DW no-data share {np.nanmedian(table.nodata_share):.1%}")
-display(label_plots.cloud_nodata_figure(table))
+show(label_plots.cloud_nodata_figure(table))
 
 # %% [markdown]
 # ## The presence threshold
@@ -108,7 +107,7 @@ display(label_plots.cloud_nodata_figure(table))
 sweep = label_stats.threshold_sweep(table.fraction, [0.001, 0.01, 0.05, 0.1])
 for t, m in zip(sweep["thresholds"], sweep["mean_labels"]):
     print(f"threshold {t:<6g}: {m:.2f} labels per image")
-display(label_plots.threshold_sweep_figure(table))
+show(label_plots.threshold_sweep_figure(table))
 
 # %% [markdown]
 # ## Published SSL4EO-S12-ML labels vs the archive's own
@@ -123,4 +122,4 @@ else:
     print(cmp["note"])
     for name, p, r in zip(table.classes, cmp["precision"], cmp["recall"]):
         print(f"{name:>20}: precision {p:.2f} recall {r:.2f}")
-    display(label_plots.published_agreement_figure(cmp, table.classes, table.palette))
+    show(label_plots.published_agreement_figure(cmp, table.classes, table.palette))

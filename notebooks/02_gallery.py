@@ -20,9 +20,9 @@
 import os
 from pathlib import Path
 
-from IPython.display import display
 
-from pipeline.figures import example_patches, find_patches, gallery_figure, load_label_table, patch_seasons_figure
+from pipeline.figures import (
+    example_patches, find_patches, gallery_figure, load_label_table, patch_seasons_figure, show)
 
 REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 ARCHIVE = os.environ.get("SOFTCON_ARCHIVE", str(REPO / "output" / "ssl4eo_s12_ml_mini.zarr"))
@@ -36,7 +36,7 @@ print(f"archive {ARCHIVE}: {len(table.patch_id)} done locations, seasons {', '.j
 # %%
 examples = example_patches(table, n=4)
 print("locations:", [str(table.patch_id[list(table.patch_index).index(p)]) for p in examples])
-display(gallery_figure(ARCHIVE, examples))
+show(gallery_figure(ARCHIVE, examples))
 
 # %% [markdown]
 # ## Query by label: water and built-up land, no snow
@@ -46,7 +46,7 @@ hits = find_patches(table, with_labels=["water", "built"], without=["snow_and_ic
 print(f"{len(hits)} locations have a season with water and built and no snow")
 chosen = int(hits[0]) if len(hits) else examples[0]
 print("showing archive patch", chosen, "through its seasons")
-display(patch_seasons_figure(ARCHIVE, chosen))
+show(patch_seasons_figure(ARCHIVE, chosen))
 
 # %% [markdown]
 # ## Locations that keep crops in every labelled season
@@ -55,4 +55,4 @@ display(patch_seasons_figure(ARCHIVE, chosen))
 crops = find_patches(table, with_labels=["crops"], all_seasons=True)
 print(f"{len(crops)} locations have crops in every labelled season")
 if len(crops):
-    display(gallery_figure(ARCHIVE, [int(p) for p in crops[:3]], season=int(table.season_order[-1])))
+    show(gallery_figure(ARCHIVE, [int(p) for p in crops[:3]], season=int(table.season_order[-1])))

@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-from IPython.display import display
 
+from pipeline.figures import show
 from train.figures import curves_figure, embedding_figure, neighbours_figure, read_run_scalars, similarity_figure
 from train.run_embeddings import embed_split, nearest_neighbours, similarity_pairs
 
@@ -37,7 +37,7 @@ print(f"run {RUN}: {len(steps)} logged steps, loss {loss[0]:.4f} → {loss[-1]:.
 # ## Training curves
 
 # %%
-display(curves_figure(scalars, title=f"run {Path(RUN).name}"))
+show(curves_figure(scalars, title=f"run {Path(RUN).name}"))
 
 # %% [markdown]
 # ## Held-out images in embedding space
@@ -47,7 +47,7 @@ display(curves_figure(scalars, title=f"run {Path(RUN).name}"))
 # %%
 emb = embed_split(RUN, split="test", max_items=256)
 print(f"{len(emb.ids)} test images of {emb.store}, {emb.features.shape[1]}-d features from {emb.checkpoint}")
-display(embedding_figure(emb, method="umap"))
+show(embedding_figure(emb, method="umap"))
 
 # %% [markdown]
 # ## Label similarity vs embedding similarity
@@ -56,7 +56,7 @@ display(embedding_figure(emb, method="umap"))
 # %%
 pairs = similarity_pairs(emb)
 print(f"{pairs['n_pairs']} pairs, Spearman rank correlation {pairs['spearman']:.3f}")
-display(similarity_figure(emb))
+show(similarity_figure(emb))
 
 # %% [markdown]
 # ## Nearest neighbours of a few queries
@@ -65,4 +65,4 @@ display(similarity_figure(emb))
 queries = list(np.linspace(0, len(emb.ids) - 1, min(3, len(emb.ids))).round().astype(int))
 for q, nn in zip(queries, nearest_neighbours(emb, queries, k=4)):
     print(emb.ids[q], "→", [emb.ids[i] for i in nn if i >= 0])
-display(neighbours_figure(emb, queries))
+show(neighbours_figure(emb, queries))

@@ -37,6 +37,7 @@ FIGURES = Path(os.environ.get("SOFTCON_FIGURES", "notebook_figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 ds = open_archive(ARCHIVE)
 summary = summarize(ARCHIVE)
+print(f"archive {ARCHIVE}")
 print(f"{summary['title']}: {summary['n_patches']} patches × {summary['n_seasons']} seasons, "
       f"source {summary['source']}{' (synthetic)' if summary['synthetic'] else ''}; status {summary['status']}")
 

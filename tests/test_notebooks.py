@@ -1,4 +1,4 @@
-"""The exploration notebook runs end to end (as a notebook, through a Jupyter kernel) on a small archive."""
+"""Every notebook runs end to end (as a notebook, through a Jupyter kernel) on a small archive and a tiny run."""
 
 from __future__ import annotations
 
@@ -7,20 +7,57 @@ from pathlib import Path
 import pytest
 
 from archive_helpers import synthetic_archive
+from run_helpers import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = {
+    # notebook: (text its outputs must contain, least number of figures it shows)
+    "explore_archive.py": ("patches ×", 0),
+    "01_labels.py": ("change their label set", 8),
+    "02_gallery.py": ("through its seasons", 2),
+    "03_pretraining.py": ("Spearman rank correlation", 4),
+}
 
 
-def test_explore_notebook_executes(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebooks")
+    archive = synthetic_archive(root / "a.zarr", n_locations=12, size_px=32, patches_per_shard=4, cloud_probability=0.3)
+    return archive, tiny_run(archive, root / "run")
+
+
+def _outputs(nb) -> tuple[str, int]:
+    text, images = [], 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            text.append(out.get("text", ""))
+            text.append(str(out.get("data", {}).get("text/plain", "")))
+            images += "image/png" in out.get("data", {})
+    return "\n".join(text), images
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_executes(name, data, tmp_path, monkeypatch):
     jupytext = pytest.importorskip("jupytext")
     from nbclient import NotebookClient
 
-    synthetic_archive(tmp_path / "a.zarr", n_locations=6, size_px=32, patches_per_shard=3)
-    nb = jupytext.read(REPO / "notebooks" / "explore_archive.py")
-    monkeypatch.setenv("SOFTCON_ARCHIVE", str(tmp_path / "a.zarr"))
+    archive, run = data
+    nb = jupytext.read(REPO / "notebooks" / name)
+    monkeypatch.setenv("SOFTCON_ARCHIVE", archive)
+    monkeypatch.setenv("SOFTCON_RUN", str(run))
     monkeypatch.setenv("SOFTCON_FIGURES", str(tmp_path / "figs"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    for name in ("class_frequencies.png", "cooccurrence.png", "map_dominant_class.png", "gallery.png",
-                 "cloud_cover.png"):
-        assert (tmp_path / "figs" / name).stat().st_size > 1000, name
+    text, images = _outputs(nb)
+    needle, least = NOTEBOOKS[name]
+    assert needle in text, text[-2000:]
+    assert images >= least, f"{name}: {images} figures shown, expected at least {least}"
+    assert "Traceback" not in text
+    if name == "explore_archive.py":
+        for png in ("class_frequencies.png", "cooccurrence.png", "map_dominant_class.png", "gallery.png",
+                    "cloud_cover.png"):
+            assert (tmp_path / "figs" / png).stat().st_size > 1000, png
+    if name == "03_pretraining.py":
+        assert str(run) in text  # the notebook printed the run it looked at
+    else:
+        assert archive in text  # the notebook printed the archive it looked at

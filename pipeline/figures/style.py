@@ -106,3 +106,22 @@ def dw_legend_handles(classes: tuple[str, ...] | list[str] = DW_CLASSES, nodata:
 def pretty(name: str) -> str:
     """A class name for display: ``shrub_and_scrub`` → ``shrub and scrub``."""
     return name.replace("_", " ")
+
+
+def show(fig, dpi: int = DEFAULT_DPI) -> None:
+    """Show ``fig`` in a notebook as a PNG (it has no pyplot manager to show it); outside IPython, print
+    its size instead (a notebook run as a script)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        get_ipython = None  # noqa: N806 - stands in for the IPython function
+    if get_ipython is None or get_ipython() is None:
+        w, h = fig.get_size_inches() * dpi
+        print(f"[figure {int(round(w))}×{int(round(h))} px: {fig.texts[0].get_text() if fig.texts else ''}]")
+        return
+    display(Image(data=buf.getvalue(), format="png"))
