@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.archive import Archive
 from pipeline.split_selection import check_split_names, select_split_patches
-from pipeline.store import STATUS_DONE, open_group
+from pipeline.store import STATUS_DONE
 
 __all__ = ["DEFAULT_SPLITS", "ArchiveStatistics", "archive_statistics", "compute_archive_statistics"]
 
@@ -122,7 +123,7 @@ def archive_statistics(store: str, modality: str, *, splits: Sequence[str] | str
         ValueError: a band has no valid pixel in the selected patches, or ``max_patches <= 0``.
     """
     names = check_split_names(splits)
-    group = open_group(store, "r", storage_options)
+    group = Archive.of(store, storage_options).open()
     if modality not in group:
         raise KeyError(f"{store}: no {modality} in the archive")
     arr = group[modality]

@@ -139,8 +139,8 @@ def test_only_train_patches_are_read(archive, monkeypatch):
         def __getattr__(self, name):
             return getattr(self.group, name)
 
-    real_open = pipeline.statistics.open_group
-    monkeypatch.setattr(pipeline.statistics, "open_group", lambda *a, **k: SpyGroup(real_open(*a, **k)))
+    real_open = pipeline.statistics.Archive.open
+    monkeypatch.setattr(pipeline.statistics.Archive, "open", lambda *a, **k: SpyGroup(real_open(*a, **k)))
     compute_archive_statistics(archive, "s2_l1c")
     assert sorted(read) == selected(archive, ["train"]).tolist()
     assert not set(read) & set(split_indices(archive, "test").tolist())

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from pipeline.archive import Archive
 from pipeline.split_selection import ALL_SPLITS, check_split_names, select_split_patches
-from pipeline.store import STATUS_DONE, open_group
+from pipeline.store import ArchiveLayout
 from train.data.normalization import Normalizer
 
 
@@ -104,12 +105,13 @@ class ArchiveDataset(Dataset):
                  splits: Sequence[str] | str | None = None):
         if view_mode not in self.VIEW_MODES:
             raise ValueError(f"view_mode must be one of {self.VIEW_MODES}, got {view_mode!r}")
-        self.store, self.storage_options = str(store), storage_options
+        self.archive = Archive.of(store, storage_options)
+        self.store, self.storage_options = self.archive.path, self.archive.storage_options
         self.modality, self.view_mode, self.seed, self.epoch = modality, view_mode, int(seed), 0
         self.modality2 = modality2 if view_mode == "cross_modal" else None
 
-        group = open_group(self.store, "r", storage_options)
-        self.n_seasons = int(group.attrs["layout"]["n_seasons"])
+        group = self.archive.open()
+        self.n_seasons = ArchiveLayout.from_attrs(group.attrs).n_seasons
         self.band_names, self._band_idx = self._select_bands(group, modality, bands)
         self.normalizer = self._pick_normalizer(normalizer, modality, self.band_names)
         if self.modality2 is not None:
@@ -120,8 +122,7 @@ class ArchiveDataset(Dataset):
         if view_mode == "seasonal" and self.n_seasons < 2:
             raise ValueError("seasonal views need an archive with at least two seasons")
 
-        status = group["status"][:]
-        done = np.flatnonzero(status == STATUS_DONE)
+        done = self.archive.done_patches()
         if indices is not None:
             done = np.intersect1d(done, np.asarray(indices, dtype=np.int64))
         self.splits: list[str] | str | None = None
@@ -152,9 +153,8 @@ class ArchiveDataset(Dataset):
         """What this data set trains on, as a pretraining run records it (``training_data.json``):
         the archive, its manifest hash, the splits (``"all"`` when not restricted by split), the
         archive's split record (or ``None``), and the ``patch_id`` of each patch, in index order."""
-        group = open_group(self.store, "r", self.storage_options)
-        ids = np.asarray(group["patch_id"][:])
-        return {"archive": self.store, "archive_manifest_hash": group.attrs.get("manifest_hash"),
+        ids = self.archive.patch_ids()
+        return {"archive": self.store, "archive_manifest_hash": self.archive.manifest_hash,
                 "splits": ALL_SPLITS if self.splits is None else self.splits,
                 "split_record": self.split_record, "n_patches": len(self.patches),
                 "patch_ids": [str(ids[p]) for p in self.patches]}
@@ -194,7 +194,7 @@ class ArchiveDataset(Dataset):
     def _open(self) -> dict[str, Any]:
         if self._arrays is None or self._pid != os.getpid():
             self._label_cache = {}
-            group = open_group(self.store, "r", self.storage_options)
+            group = self.archive.open()
             names = [self.modality, "label_fraction", "multi_hot"]
             if self.modality2 is not None:
                 names.append(self.modality2)
