@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 
 from pipeline.figures import label_stats as ls
 from pipeline.figures.label_data import LabelTable
@@ -50,8 +51,7 @@ def class_frequency_figure(table: LabelTable):
 
 def _matrix(ax, values: np.ndarray, counts: np.ndarray, classes: tuple[str, ...], cmap: str, vmin: float,
             vmax: float, fmt: str, label: str, fig) -> None:
-    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax)
-    im.cmap.set_bad("0.85")
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=colormaps[cmap].with_extremes(bad="0.85"), vmin=vmin, vmax=vmax)
     fig.colorbar(im, ax=ax, label=label, shrink=0.85)
     _class_axis(ax, classes, "x")
     _class_axis(ax, classes, "y")
@@ -159,9 +159,8 @@ def latitude_figure(table: LabelTable, width_deg: float = 15.0):
             ax1.text(n, yy, f" {n} ({loc} loc.)", va="center", fontsize=ANNOTATION_SIZE)
     ax1.set_xlim(0, max(1, int(b["n_labelled"].max(initial=0))) * 1.4)
     ax1.set(xlabel="labelled images", ylabel="latitude band", title="Coverage by latitude")
-    im = ax2.imshow(np.ma.masked_invalid(b["frequency"]), aspect="auto", origin="lower", cmap="viridis",
-                    vmin=0, vmax=1)
-    im.cmap.set_bad("0.9")
+    im = ax2.imshow(np.ma.masked_invalid(b["frequency"]), aspect="auto", origin="lower",
+                    cmap=colormaps["viridis"].with_extremes(bad="0.9"), vmin=0, vmax=1)
     fig.colorbar(im, ax=ax2, label="share of the band's labelled images with the class")
     _class_axis(ax2, table.classes, "x")
     ax2.set_yticks(y, names)
