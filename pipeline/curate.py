@@ -119,12 +119,20 @@ def pending_shards(manifest: Manifest, layout: ArchiveLayout, retry_failed: bool
     return [int(s) for s in shards]
 
 
+def request_retries(source: Source, retries: int) -> int:
+    """How often :func:`fetch_with_retries` retries a fetch of ``source``: ``retries``, or 0 for a source
+    that retries its own requests (``retries_requests = True``, see :mod:`pipeline.sources.base`)."""
+    return 0 if getattr(source, "retries_requests", False) else retries
+
+
 def fetch_with_retries(source: Source, location, window, grid, modalities, retries: int, base_delay: float):
     """Call ``source.fetch``; on :class:`TransientSourceError` retry with exponential backoff and jitter.
 
-    Each retry is logged (warning, so it reaches the flow run's log); after ``retries`` retries the
-    last error is raised.
+    The request-retry layer of sources that have none of their own (:func:`request_retries`). Each retry
+    is logged (warning, so it reaches the flow run's log); after ``retries`` retries the last error is
+    raised.
     """
+    retries = request_retries(source, retries)
     attempt = 0
     while True:
         try:
@@ -184,9 +192,9 @@ def process_patch(source: Source, manifest: Manifest, location: Location,
             sample = fetch_with_retries(source, location, w, grid, modalities,
                                         manifest.compute.retries, manifest.compute.retry_delay_s)
         except TransientSourceError as err:
-            return PatchResult(location.index, STATUS_FAILED,
-                               f"TransientSourceError: season {w.season}: still failing after "
-                               f"{manifest.compute.retries} retries: {err}")
+            retried = request_retries(source, manifest.compute.retries)
+            after = f"still failing after {retried} retries: " if retried else ""  # else the source says how often
+            return PatchResult(location.index, STATUS_FAILED, f"TransientSourceError: season {w.season}: {after}{err}")
         except SourceError as err:
             return PatchResult(location.index, STATUS_FAILED, f"{type(err).__name__}: season {w.season}: {err}")
         for name, bands in modalities.items():

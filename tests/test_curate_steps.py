@@ -89,3 +89,42 @@ def test_shard_retry_condition_only_for_errors_that_may_pass():
     assert _retry_shard(None, None, Failed(data=OSError("store write failed")))
     assert not _retry_shard(None, None, Failed(data=ValueError("bug")))
     assert not _retry_shard(None, None, Completed(data=1))
+
+
+class _AlwaysTransient:
+    """A source that fails transiently on every fetch and counts the calls."""
+
+    name, synthetic = "flaky-service", True
+
+    def __init__(self, retries_requests: bool):
+        self.retries_requests = retries_requests
+        self.calls = 0
+
+    def fetch(self, location, window, grid, modalities):
+        self.calls += 1
+        raise TransientSourceError("HTTP 503 after the source's own attempts")
+
+    def describe(self):
+        return {"name": self.name, "synthetic": True}
+
+
+def test_one_request_retry_layer_a_source_that_retries_itself_is_not_retried_again(tmp_path):
+    """compute.retries is the request layer only for sources without one of their own (Earth Engine has one)."""
+    m = manifest(tmp_path, "layers")
+    location = steps.prepare(m)[0][0]
+    own = _AlwaysTransient(retries_requests=True)
+    result = steps.process_patch(own, m, location)
+    assert own.calls == 1, "a source that retries its own requests was retried again by the curation"
+    assert result.status == STATUS_FAILED
+    assert result.reason == "TransientSourceError: season 0: HTTP 503 after the source's own attempts"
+    plain = _AlwaysTransient(retries_requests=False)
+    result = steps.process_patch(plain, m, location)
+    assert plain.calls == 1 + m.compute.retries
+    assert result.reason.startswith(f"TransientSourceError: season 0: still failing after {m.compute.retries} retries")
+
+
+def test_the_earth_engine_source_declares_its_own_request_retries():
+    from pipeline.sources.earthengine import EarthEngineSource
+
+    assert EarthEngineSource.retries_requests is True
+    assert steps.request_retries(EarthEngineSource, 6) == 0

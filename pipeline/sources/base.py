@@ -3,8 +3,14 @@
 A source answers one question: for a :class:`~pipeline.locations.Location` and a
 :class:`~pipeline.seasons.SeasonWindow`, give each requested modality as a georeferenced array
 ``(band, y, x)`` on the patch grid, plus the Dynamic World label map ``(y, x)`` of the same grid.
-Problems are reported with the typed errors below: the flow retries :class:`TransientSourceError`
-and records every other :class:`SourceError` as a failed patch with its reason.
+Problems are reported with the typed errors below: a :class:`TransientSourceError` is retried and
+every other :class:`SourceError` is recorded as a failed patch with its reason.
+
+Retries, one layer per concern (the whole picture is in ``docs/architecture.md``): a source that
+talks to a service retries its own requests and says so with ``retries_requests = True`` (Earth
+Engine: :func:`pipeline.sources.earthengine.transport.call_with_retries`); for every other source
+:func:`pipeline.curate.fetch_with_retries` is that request layer. Either way a transient error is
+retried once per request, never by two layers.
 """
 
 from __future__ import annotations

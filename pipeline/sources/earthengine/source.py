@@ -71,6 +71,7 @@ class EarthEngineSource:
 
     name = "earthengine"
     synthetic = False
+    retries_requests = True  # every request goes through call_with_retries: curation does not retry again
 
     def __init__(
         self,
