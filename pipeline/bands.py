@@ -1,6 +1,7 @@
 """Band, class and palette constants shared by every stage (manifest → pipeline → archive → train).
 
-Canonical orders follow SSL4EO-S12 (see shared specs, softcon.md §1.4): B8A sits directly after B8.
+Canonical orders follow SSL4EO-S12 (Wang et al., arXiv:2211.07044; the dataset code of
+github.com/zhu-xlab/SSL4EO-S12): B8A sits directly after B8.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ for clouds, shadows and pixels outside the product) with ``H * W`` pixels::
 
 Thresholds are **our documented choice**, not the published one: in SSL4EO-S12-ML a class is
 taken to be present when its pixel count or fraction passes a threshold, but the rule and its value
-are unpublished (UNVERIFIED in the shared specs, softcon.md §2.3). The defaults (``presence_threshold = 0.01``, i.e.
+are not published with the labels (github.com/zhu-xlab/softcon), so this is our choice. The defaults (``presence_threshold = 0.01``, i.e.
 a class must cover more than 1 % of the valid pixels, and ``min_valid_fraction = 0.1``) come from
 :class:`pipeline.manifest.LabelsConfig`, where they are explained.
 

@@ -1,6 +1,6 @@
 """The declarative dataset definition (``data_manifest.yaml``) as a validated pydantic model.
 
-Defaults reproduce SSL4EO-S12 (shared specs, softcon.md §1): cities as centres, Gaussian offsets
+Defaults reproduce SSL4EO-S12 (Wang et al., arXiv:2211.07044, and its downloader script): cities as centres, Gaussian offsets
 with σ = 50 km, a 1.98 km minimum distance, four seasonal 30-day windows around the 2020/21
 equinoxes and solstices with a per-location random shift, S2 L1C/L2A filtered at 20 % cloudy
 pixels, S1 GRD VV+VH, 264 px patches at 10 m. Unknown keys are errors everywhere.

@@ -1,6 +1,6 @@
 """Import the published SSL4EO-S12-ML multi-labels into an archive's ``multi_hot``.
 
-The released labels (shared specs, softcon.md §2) are one JSON object::
+The released labels (SSL4EO-S12-ML, announced in the README of github.com/zhu-xlab/softcon) are one JSON object::
 
     {"<7-digit location id>": {"<S2 L1C system:index>": ["0", "4", ...], ...}, ...}
 

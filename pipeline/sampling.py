@@ -1,6 +1,7 @@
 """Location sampling, SSL4EO-S12 style: cities, Gaussian offsets and a minimum distance.
 
-Source (shared specs, softcon.md §1.2; SSL4EO-S12 ``src/download_data/ssl4eo_s12_downloader.py``):
+Source: Wang et al., "SSL4EO-S12" (arXiv:2211.07044) and its downloader
+(github.com/zhu-xlab/SSL4EO-S12, ``src/download_data/ssl4eo_s12_downloader.py``):
 the original picks one of the **top 10,000 cities by population** uniformly at random, adds a
 Gaussian offset with **σ = 50 km** and rejects the candidate when it lies closer than
 **1.98 km** (1.5 × the 1320 m patch "radius") to an already accepted centre, resampling until

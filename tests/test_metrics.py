@@ -1,5 +1,5 @@
 """Tests for train.evaluate.metrics: classification metrics against sklearn, retrieval metrics
-against a slow per-query reference written here from losses.md §5.1."""
+against a slow per-query reference written here from the metrics' definitions."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_hamming_loss():
 # ----------------------------------------------------------------------------------------------
 def reference_metrics(qe, ql, de, dl, ks, relevance="share", thr=0.5, exclude_self=False,
                       ap_normalizer="retrieved", ndcg_gain="graded"):
-    """Per-query values of every metric, straight from the definitions in losses.md §5.1."""
+    """Per-query values of every metric, straight from the definitions (see train.evaluate.metrics)."""
     qe = np.asarray(qe, dtype=np.float64)
     de = np.asarray(de, dtype=np.float64)
     qe = qe / np.maximum(np.linalg.norm(qe, axis=1, keepdims=True), 1e-12)

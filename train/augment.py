@@ -8,8 +8,8 @@ same generator state (:class:`train.data.ArchiveDataset` seeds one generator per
 random outcome (e.g. a flip that is not applied still draws nothing more than one that is), which
 keeps the stream aligned between views and easy to reason about.
 
-The multispectral recipe follows the SSL4EO-S12 pretraining pipeline (shared specs, softcon.md
-§3.6), which works on the mean±2σ-normalised bands (values in [0, 1], see
+The multispectral recipe follows the SSL4EO-S12 pretraining pipeline (github.com/zhu-xlab/SSL4EO-S12,
+MoCo v3 scripts ``pretrain_moco_v3_s2c.py``), which works on the mean±2σ-normalised bands (values in [0, 1], see
 :class:`train.data.Normalizer`):
 
 * :class:`RandomResizedCrop` to ``size``, scale (0.2, 1.0), ratio (3/4, 4/3), bilinear, no antialias;
@@ -322,7 +322,7 @@ class SarIntensityJitter:
 def ms_view_transforms(size: int = 224, view: int = 1, *, scale: tuple[float, float] = (0.2, 1.0),
                        blur_p: float | None = None, gray_p: float = 0.2, jitter_p: float = 0.8,
                        hflip_p: float = 0.5, vflip_p: float = 0.0) -> Compose:
-    """SSL4EO-S12 / MoCo v3 multispectral view (softcon.md §3.6); blur p = 1.0 (view 1) or 0.1 (view 2).
+    """SSL4EO-S12 / MoCo v3 multispectral view (Chen et al. 2021, arXiv:2104.02057); blur p = 1.0 (view 1) or 0.1 (view 2).
 
     Input: normalised bands in [0, 1] (``C`` any, e.g. 13 for L1C). Order as in the original:
     crop, brightness/contrast, grayscale, blur, flips.

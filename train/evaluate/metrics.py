@@ -1,4 +1,4 @@
-"""Downstream evaluation metrics (spec: ``shared/specs/losses.md`` §5).
+"""Downstream evaluation metrics: classification mAP/F1 and multi-label retrieval (definitions below).
 
 Two families, both in torch and device-agnostic (they run where the inputs live):
 
@@ -466,7 +466,8 @@ def retrieval_metrics(
     ndcg_gain: Literal["graded", "binary"] = "graded",
     empty_queries: Literal["exclude", "zero"] = "exclude",
 ) -> dict[str, float]:
-    """Multi-label retrieval metrics averaged over queries (losses.md §5.1).
+    """Multi-label retrieval metrics averaged over queries (P@K, R@K, AP@K, ACG@K, NDCG@K, wAP@K as in
+    Zhao et al. 2015, "Deep semantic ranking based hashing", and Imbriaco et al. 2022).
 
     Args:
         query_emb, db_emb: ``(Q, d)`` and ``(D, d)`` embeddings (L2-normalised here).
@@ -505,7 +506,8 @@ def retrieval_metrics(
 
 
 def imbriaco_split(n: int, query_fraction: float = 0.2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random query/database split of ``n`` test items (Imbriaco et al. 2022, losses.md §5.2).
+    """Random query/database split of ``n`` test items (Imbriaco et al. 2022, "Toward Multi-Label Image Retrieval
+    for Remote Sensing", IEEE TGRS; github.com/RImbriaco/OML).
 
     ``round(query_fraction · n)`` items become queries and the rest the database, from
     ``numpy.random.RandomState(seed).permutation(n)`` (OML used numpy's legacy generator with seed

@@ -1,4 +1,4 @@
-"""Linear probing on frozen features (losses.md §5.6; softcon.md §0.10).
+"""Linear probing on frozen features, as in the BigEarthNet multi-label benchmarks (Sumbul et al.) and SoftCon.
 
 One ``nn.Linear`` on standardised features (mean/std of the **training** features; constant
 features become 0), trained with AdamW and a cosine learning-rate schedule:

@@ -1,4 +1,4 @@
-"""Multi-label content-based retrieval on frozen features (losses.md §5), and example plots.
+"""Multi-label content-based retrieval on frozen features (Imbriaco et al. 2022 protocol), and example plots.
 
 Protocol (:func:`evaluate_retrieval`)
     The **test split** is cut by :func:`~train.evaluate.metrics.imbriaco_split` into 20 % queries and
