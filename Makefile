@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: run test venv clean
+.PHONY: run test venv clean figures
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# The README's figures (docs/figures/*.png), from the archive and run `make run` makes; every figure of
+# both goes to output/figures/ (softcon plot labels|run), a few small ones are copied to docs/figures/.
+FIGURE_ARCHIVE ?= output/ssl4eo_s12_ml_mini.zarr
+FIGURE_RUN     ?= runs/softcon-mini
+FIGURE_DPI     ?= 80
+DOC_FIGURES    := labels/class_frequencies labels/cooccurrence labels/world_map run/similarity
+
+figures: $(STAMP)
+	$(BIN)/softcon plot labels $(FIGURE_ARCHIVE) --out output/figures/labels --dpi $(FIGURE_DPI)
+	$(BIN)/softcon plot run $(FIGURE_RUN) --out output/figures/run --dpi $(FIGURE_DPI)
+	mkdir -p docs/figures
+	for f in $(DOC_FIGURES); do cp output/figures/$$f.png docs/figures/; done
 
 clean:
 	rm -rf $(VENV) .prefect build *.egg-info

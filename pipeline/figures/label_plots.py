@@ -61,7 +61,7 @@ def _matrix(ax, values: np.ndarray, counts: np.ndarray, classes: tuple[str, ...]
             v = values[i, j]
             text = "–" if counts[i, j] == 0 else format(v, fmt) if np.isfinite(v) else ""
             dark = np.isfinite(v) and (v < mid if cmap == "viridis" else abs(v - mid) > 0.6 * (vmax - mid))
-            ax.text(j, i, text, ha="center", va="center", fontsize=ANNOTATION_SIZE - 1,
+            ax.text(j, i, text, ha="center", va="center", fontsize=ANNOTATION_SIZE,
                     color="white" if dark else "black")
 
 
