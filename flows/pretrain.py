@@ -12,7 +12,9 @@ from prefect import flow, get_run_logger
 def pretrain(config: str = "configs/pretrain_mini.yaml", archive: str | None = None,
              resume: bool | None = None) -> dict[str, Any]:
     """Pretrain as ``config`` says; ``resume=None`` resumes when the run folder has a checkpoint."""
-    from train.pretrain import latest_checkpoint, load_config, run_pretraining
+    from train.checkpoints import latest_checkpoint
+    from train.pretrain import run_pretraining
+    from train.pretrain_config import load_config
 
     if resume is None:
         resume = latest_checkpoint(Path(load_config(config, archive=archive).output_dir)) is not None

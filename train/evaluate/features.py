@@ -4,11 +4,12 @@ Backbones (:func:`load_backbone_for_eval` → :class:`EvalBackbone`)
     ``checkpoint`` may be
 
     * a run folder of :mod:`train.pretrain` (its ``backbone.safetensors``, else the latest
-      ``checkpoints/epoch-*.safetensors``);
-    * our exported ``backbone.safetensors`` (metadata ``format="softcon-backbone"``; the architecture
-      comes from its ``backbone`` entry and the modality from ``modality``);
-    * a pretraining checkpoint (``format="softcon-pretrain-v1"``): the online backbone of branch 0
-      (``model.branches.0.online.backbone.*``); architecture and modality from the stored config;
+      epoch checkpoint; :func:`train.checkpoints.resolve_run_file`);
+    * our exported backbone (:data:`train.checkpoints.BACKBONE_FORMAT`; the architecture comes from
+      its ``backbone`` entry and the modality from ``modality``);
+    * a pretraining checkpoint (:data:`train.checkpoints.CHECKPOINT_FORMAT`): the online backbone of
+      branch 0 (:data:`train.checkpoints.PRETRAIN_BACKBONE_PREFIX`); architecture and modality from
+      the stored config;
     * any other local weight file (safetensors / ``.pth``), read by :func:`train.models.load_weights`
       (DINO / DINOv2 / torchvision / released SoftCon layouts). The architecture is ``backbone_name``
       or, failing that, guessed from the file name (``B13_rn50_softcon.pth`` → ``rn50``);
@@ -44,7 +45,8 @@ ViT pooling
     ``vit_pool="cls"`` (default): the final-norm class token (timm's pooled output). ``"dinov2"``: the
     DINOv2 linear-evaluation input: class tokens of the last ``n_blocks`` (4) blocks, each passed
     through the final norm, concatenated with the mean of the last block's patch tokens
-    (``(n_blocks + 1) · D`` features), as used for SoftCon's ViT-B numbers (softcon.md §0.10).
+    (``(n_blocks + 1) · D`` features; Oquab et al. 2023, DINOv2, arXiv:2304.07193, App. B.3), as
+    used for SoftCon's ViT-B numbers (github.com/zhu-xlab/softcon README).
     CNNs always give the global-average-pooled last stage.
 
 Feature cache (:func:`extract_features`)
@@ -76,6 +78,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline.bands import MODALITY_BANDS
+from train.checkpoints import (
+    BACKBONE_FORMAT,
+    CHECKPOINT_DIR,
+    PRETRAIN_BACKBONE_PREFIX,
+    TRAINING_DATA_FILE,
+    TRAINING_DATA_KEY,
+    read_metadata,
+    resolve_run_file,
+)
+from train.checkpoints import CHECKPOINT_FORMAT as PRETRAIN_FORMAT
 from train.models import (
     BACKBONE_ALIASES,
     BACKBONES,
@@ -115,13 +127,6 @@ PIXELS = "pixels"
 RANDOM_PREFIX = "random:"
 #: Bumped whenever the stored features of an unchanged key would change.
 FEATURES_VERSION = 1
-BACKBONE_FORMAT = "softcon-backbone"
-PRETRAIN_FORMAT = "softcon-pretrain-v1"
-PRETRAIN_BACKBONE_PREFIX = "model.branches.0.online.backbone."
-#: File of a pretraining run folder that records its training patches (shared contract).
-TRAINING_DATA_FILE = "training_data.json"
-#: safetensors metadata key holding the same record (JSON string) in an exported backbone.
-TRAINING_DATA_KEY = "training_data"
 
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
@@ -161,19 +166,17 @@ def _state_dict_sha256(module: nn.Module) -> str:
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
-    """A run folder → its ``backbone.safetensors`` (else latest epoch checkpoint); other values unchanged."""
+    """A run folder → its ``backbone.safetensors`` (else latest epoch checkpoint); files and baselines
+    unchanged.
+
+    Raises:
+        CheckpointNotFound: a missing path, or a folder with neither file (a
+            :class:`~pipeline.errors.BadInput` and a ``FileNotFoundError``).
+    """
     text = os.fspath(checkpoint)
     if text == PIXELS or text.startswith(RANDOM_PREFIX):
         return text
-    p = Path(text)
-    if p.is_dir():
-        if (p / "backbone.safetensors").is_file():
-            return str(p / "backbone.safetensors")
-        found = sorted((p / "checkpoints").glob("epoch-*.safetensors"))
-        if found:
-            return str(found[-1])
-        raise FileNotFoundError(f"{p}: no backbone.safetensors and no checkpoints/epoch-*.safetensors")
-    return text
+    return text if Path(text).is_file() else str(resolve_run_file(text))
 
 
 def checkpoint_label(checkpoint: str | os.PathLike) -> str:
@@ -185,7 +188,7 @@ def checkpoint_label(checkpoint: str | os.PathLike) -> str:
     p = Path(text)
     if p.is_dir():
         return p.resolve().name
-    if p.parent.name == "checkpoints":
+    if p.parent.name == CHECKPOINT_DIR:
         return f"{p.parent.parent.resolve().name}/{p.stem}"
     if p.stem == "backbone" or p.stem.startswith("backbone-"):
         return p.parent.resolve().name if p.stem == "backbone" else f"{p.parent.resolve().name}/{p.stem}"
@@ -224,13 +227,8 @@ def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
         info.update(kind="random", backbone=BACKBONE_ALIASES.get(name, name))
         return info
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(p)
         fmt = meta.get("format")
         info["format"] = fmt
         if fmt == BACKBONE_FORMAT:
@@ -256,7 +254,7 @@ def _run_dir_of(path: Path) -> Path | None:
     borrow that folder's record."""
     if path.suffix != ".safetensors":
         return None
-    if path.parent.name == "checkpoints" and path.name.startswith("epoch-"):
+    if path.parent.name == CHECKPOINT_DIR and path.name.startswith("epoch-"):
         return path.parent.parent
     if path.name.startswith("backbone"):
         return path.parent
@@ -290,13 +288,8 @@ def read_training_record(checkpoint: str | os.PathLike) -> dict[str, Any] | None
     if p.is_dir() and (p / TRAINING_DATA_FILE).is_file():
         return _parse_training_record((p / TRAINING_DATA_FILE).read_text(), str(p / TRAINING_DATA_FILE))
     p = Path(resolve_checkpoint(p))
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(p)
         if meta.get(TRAINING_DATA_KEY):
             return _parse_training_record(meta[TRAINING_DATA_KEY], f"{p} (metadata '{TRAINING_DATA_KEY}')")
     run_dir = _run_dir_of(p)
