@@ -29,8 +29,7 @@ Choices that are ours (the SoftCon paper's values, Wang et al. 2024, arXiv:2405.
 UNVERIFIED): mask ratio 0.5, λ = 1, and the MoCo-v3 recipe of the SSL4EO-S12 code (Wang et al. 2023,
 arXiv:2211.07044) for optimiser, temperature and momentum.
 
-The configuration lives in :mod:`train.pretrain_config`, the networks in :mod:`train.pretrain_model`;
-their names stay importable from here.
+Config: :mod:`train.pretrain_config`; networks: :mod:`train.pretrain_model` (importable from here too).
 """
 
 from __future__ import annotations
@@ -108,9 +107,7 @@ def compute_loss(name: str, loss_fn: nn.Module, z: tuple[torch.Tensor, torch.Ten
         labels: the batch's label vectors.
 
     Returns:
-        The step's scalar loss. Losses with a queue (MoCo v2, MulSupCon with ``queue_size``)
-        symmetrise themselves: the queue as it was at the start of the step in both directions,
-        the keys of both views enqueued once, after both.
+        The step's scalar loss (losses with a queue symmetrise themselves: ``LossCall.OWN_SYMMETRIC``).
 
     Raises:
         KeyError: no loss ``name`` is registered.
