@@ -84,6 +84,18 @@ def _global_options(
     debug: bool = typer.Option(False, "--debug", help="show full tracebacks (and Prefect's) instead of one line"),
 ) -> None:
     _options["debug"] = debug
+    _show_progress_lines()
+
+
+def _show_progress_lines() -> None:
+    """Off a terminal, long work reports progress as log lines (:mod:`pipeline.progress`): print them on stderr."""
+    logger = logging.getLogger("softcon.progress")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 class _DropTraceback(logging.Filter):
@@ -457,7 +469,8 @@ def stats(
     if modality not in MODALITY_BANDS:
         raise BadInput(f"--modality {modality}: unknown modality; choose one of {', '.join(MODALITY_BANDS)}")
     _require_archive(store)
-    st = archive_statistics(store, modality, splits="all" if split == ["all"] else split, max_patches=max_patches)
+    st = archive_statistics(store, modality, splits="all" if split == ["all"] else split, max_patches=max_patches,
+                            show_progress=sys.stderr.isatty())
     save_statistics(out, modality, st.bands, st.mean, st.std, **st.metadata())
     for b, m_, s_ in zip(st.bands, st.mean, st.std):
         console.print(f"{b:>4}  mean {float(m_):10.2f}  std {float(s_):10.2f}")

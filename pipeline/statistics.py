@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.archive import Archive
+from pipeline.progress import progress_bar
 from pipeline.split_selection import check_split_names, select_split_patches
 from pipeline.store import STATUS_DONE
 
@@ -93,9 +94,33 @@ def _selected_patches(group: Any, store: str, splits: list[str] | str, max_patch
     return done, record
 
 
+def _add_patch(patch: np.ndarray, band_idx: np.ndarray, count: np.ndarray, mean: np.ndarray,
+               m2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fold one patch's season blocks into the running (count, mean, M2) per band (Chan et al.'s update)."""
+    C = len(band_idx)
+    for block in patch:
+        block = block[band_idx].reshape(C, -1)
+        valid = ~_nodata_mask(block)
+        n_b = valid.sum(axis=1).astype(np.float64)
+        x = np.where(valid, block, 0).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_b = np.where(n_b > 0, x.sum(axis=1) / n_b, 0.0)
+        dev = np.where(valid, x - mean_b[:, None], 0.0)
+        m2_b = (dev * dev).sum(axis=1)
+        total = count + n_b
+        delta = mean_b - mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(total > 0, n_b / total, 0.0)
+            cross = np.where(total > 0, delta * delta * count * n_b / total, 0.0)
+        mean = mean + delta * w
+        m2 = m2 + m2_b + cross
+        count = total
+    return count, mean, m2
+
+
 def archive_statistics(store: str, modality: str, *, splits: Sequence[str] | str = DEFAULT_SPLITS,
                        max_patches: int | None = None, storage_options: dict | None = None,
-                       bands: Sequence[str] | None = None) -> ArchiveStatistics:
+                       bands: Sequence[str] | None = None, show_progress: bool = False) -> ArchiveStatistics:
     """Per-band mean and (population) std of ``modality`` over the done patches of ``splits``.
 
     Streams one patch at a time (its season chunks) and reads no other patch, combining per-chunk
@@ -113,6 +138,7 @@ def archive_statistics(store: str, modality: str, *, splits: Sequence[str] | str
         max_patches: Use at most this many of the selected patches, spread evenly (deterministic).
         storage_options: fsspec options for a remote ``store``.
         bands: Band subset and order (default: the archive's bands of the modality).
+        show_progress: A progress bar (a terminal) instead of log lines every 30 s (:mod:`pipeline.progress`).
 
     Returns:
         The statistics and what they were computed on.
@@ -135,25 +161,11 @@ def archive_statistics(store: str, modality: str, *, splits: Sequence[str] | str
     count = np.zeros(C, np.float64)
     mean = np.zeros(C, np.float64)
     m2 = np.zeros(C, np.float64)
-    for p in patches:
-        patch = arr[int(p)]  # (S, C_all, H, W): the patch's season chunks
-        for block in patch:
-            block = block[band_idx].reshape(C, -1)
-            valid = ~_nodata_mask(block)
-            n_b = valid.sum(axis=1).astype(np.float64)
-            x = np.where(valid, block, 0).astype(np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean_b = np.where(n_b > 0, x.sum(axis=1) / n_b, 0.0)
-            dev = np.where(valid, x - mean_b[:, None], 0.0)
-            m2_b = (dev * dev).sum(axis=1)
-            total = count + n_b
-            delta = mean_b - mean
-            with np.errstate(invalid="ignore", divide="ignore"):
-                w = np.where(total > 0, n_b / total, 0.0)
-                cross = np.where(total > 0, delta * delta * count * n_b / total, 0.0)
-            mean = mean + delta * w
-            m2 = m2 + m2_b + cross
-            count = total
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task(f"{modality} statistics", total=len(patches), status="")
+        for p in patches:
+            count, mean, m2 = _add_patch(arr[int(p)], band_idx, count, mean, m2)  # (S, C_all, H, W): its seasons
+            bar.update(task, advance=1)
     if (count == 0).any():
         empty = [b for b, n in zip(bands, count) if n == 0]
         where = "the done patches" if names == "all" else f"the done patches of split(s) {', '.join(names)}"
