@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import BadInput
+from pipeline.store_target import is_url
 
 _RUN_MARKERS = ("training_data.json", "backbone.safetensors", "checkpoints", "config.yaml")
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format caps the header at 100 MB
@@ -30,7 +31,7 @@ _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format caps the header at 100
 def is_run_path(path: str) -> bool:
     """True for a local pretraining run folder (one of its files is there and it is not a Zarr
     store) or a path naming a ``.safetensors`` file (existing or not: describing it reports a missing one)."""
-    if "://" in path:
+    if is_url(path):
         return False
     p = Path(path)
     if p.suffix == ".safetensors":

@@ -160,9 +160,7 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
 def _class_counts(ds: ArchiveDataset) -> torch.Tensor:
     """MACL's per-class counts: ``multi_hot`` summed over every season of the data set's patches only
     (``ds.patches``: the done patches of the configured splits, so never val/test patches)."""
-    from pipeline.store import open_group
-
-    mh = open_group(ds.store, "r", ds.storage_options)["multi_hot"]
+    mh = ds.archive.open()["multi_hot"]
     counts = torch.zeros(mh.shape[-1], dtype=torch.float64)
     for p in ds.patches:
         counts += torch.from_numpy(mh[int(p)].astype("float64")).sum(0)

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.store_target import is_url
+
 __all__ = ["LossConfig", "PretrainConfig", "load_config"]
 
 
@@ -121,7 +123,7 @@ def load_config(path: str | Path, **overrides: Any) -> PretrainConfig:
     base = path.parent
 
     def fix(p: str | None) -> str | None:
-        if p is None or "://" in p or Path(p).is_absolute():
+        if p is None or is_url(p) or Path(p).is_absolute():
             return p
         return str((base / p).resolve())
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.archive import Archive
 from pipeline.errors import BadInput
 
 
@@ -90,7 +91,11 @@ def embed_split(run_dir: str | Path, store: str | None = None, split: str = "tes
     Raises:
         BadInput: the run or the archive cannot be used (no record of the archive, an empty split).
     """
-    from train.evaluate.features import extract_features, load_backbone_for_eval, read_checkpoint_info
+    from train.evaluate.features import (
+        extract_features,
+        load_backbone_for_eval,
+        read_checkpoint_info,
+    )
     from train.evaluate.tasks import ArchiveTask
 
     run_dir = Path(run_dir)
@@ -110,9 +115,7 @@ def embed_split(run_dir: str | Path, store: str | None = None, split: str = "tes
                                      normalizer=_normalizer(info.get("normalizer"), modality, bands), cache_dir=None)
     patch = task.groups[keep]
     seasons = np.asarray([int(task.ids[i].rsplit("_s", 1)[1]) for i in keep])
-    from pipeline.store import open_group
-
-    frac = np.asarray(open_group(store, "r")["label_fraction"][:])[patch, seasons]
+    frac = np.asarray(Archive.of(store).open()["label_fraction"][:])[patch, seasons]
     return SplitEmbeddings(features=feats.numpy().astype(np.float32), multi_hot=labels.numpy().astype(np.uint8),
                            fraction=frac.astype(np.float32), patch_index=patch, season=seasons,
                            ids=[task.ids[i] for i in keep], classes=tuple(task.classes), store=str(store),

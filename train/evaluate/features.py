@@ -78,6 +78,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from pipeline.bands import MODALITY_BANDS
+from pipeline.progress import progress_bar
+from pipeline.store_target import is_url
 from train.checkpoints import (
     BACKBONE_FORMAT,
     CHECKPOINT_DIR,
@@ -306,7 +308,7 @@ def _same_archive(record: Mapping[str, Any], store: str, manifest_hash: str | No
     a, b = str(record.get("archive") or ""), str(store)
     if not a:
         return False
-    if "://" in a or "://" in b:
+    if is_url(a) or is_url(b):
         return a.rstrip("/") == b.rstrip("/")
     return Path(a).resolve() == Path(b).resolve()
 
@@ -628,8 +630,12 @@ def prepare_batch(x: torch.Tensor, normalizer, resize_to: int | Sequence[int] | 
 def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "cpu",
                      normalizer=None, resize_to: int | Sequence[int] | None = None, *,
                      cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR, cache_name: str | None = None,
-                     num_workers: int = 0, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     num_workers: int = 0, amp: bool = False,
+                     show_progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features of every item of ``dataset`` (in order), with the items' labels.
+
+    Progress: a bar when ``show_progress`` (default: stderr is a terminal), log lines otherwise
+    (:mod:`pipeline.progress`).
 
     Each batch: ``image`` → float32 → ``normalizer`` (non-finite values → 0 without one) → optional
     bilinear resize to ``resize_to`` → ``model`` in eval mode under ``no_grad`` (bf16 autocast on CUDA
@@ -654,16 +660,20 @@ def extract_features(model: nn.Module, dataset: Dataset, batch_size: int = 64, d
                         pin_memory=dev.type == "cuda")
     feats, labels = [], []
     use_amp = amp and dev.type == "cuda"
+    show = os.isatty(2) if show_progress is None else show_progress
     try:
-        for batch in loader:
-            x = prepare_batch(batch["image"], normalizer, resize_to).to(dev, non_blocking=True)
-            if use_amp:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+        with progress_bar(show) as bar:
+            task = bar.add_task(f"features {cache_name or type(dataset).__name__}", total=len(loader), status="")
+            for batch in loader:
+                x = prepare_batch(batch["image"], normalizer, resize_to).to(dev, non_blocking=True)
+                if use_amp:
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        f = model(x)
+                else:
                     f = model(x)
-            else:
-                f = model(x)
-            feats.append(f.float().cpu())
-            labels.append(torch.as_tensor(batch["label"]))
+                feats.append(f.float().cpu())
+                labels.append(torch.as_tensor(batch["label"]))
+                bar.update(task, advance=1)
     finally:
         model.train(was_training)
     if feats:
