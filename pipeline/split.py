@@ -55,8 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.archive import Archive
 from pipeline.errors import BadInput
-from pipeline.store import open_group
 from pipeline.store_target import ArchiveError
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -193,7 +193,7 @@ def write_split(path: str, by: str = "city", val: float = 0.1, test: float = 0.2
     the new record written last. Returns the record.
     """
     check_split_arguments(by, val, test, seed, grid_km)
-    group = open_group(path, "r+", storage_options)
+    group = Archive.of(path, storage_options).open("r+")
     codes, record = compute_split(group["lon"][:], group["lat"][:], group["city"][:], by=by, val=val,
                                   test=test, seed=seed, grid_km=grid_km)
     record["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -212,7 +212,7 @@ def write_split(path: str, by: str = "city", val: float = 0.1, test: float = 0.2
     else:
         array = existing
     array[:] = codes
-    open_group(path, "r+", storage_options).attrs["split"] = record  # fresh root metadata, record last
+    Archive.of(path, storage_options).open("r+").attrs["split"] = record  # fresh root metadata, record last
     return record
 
 
@@ -222,7 +222,7 @@ def read_split(path: str, storage_options: dict | None = None) -> tuple[np.ndarr
     Raises :class:`ArchiveError` when the record does not describe the array (hash, length, counts,
     codes): a split changed outside :func:`write_split` or a record without its array.
     """
-    group = open_group(path, "r", storage_options)
+    group = Archive.of(path, storage_options).open("r")
     record = group.attrs.get("split")
     if record is None:
         return None
@@ -252,7 +252,9 @@ def split_indices(path: str, name: str, storage_options: dict | None = None) -> 
 
     Raises :class:`ArchiveError` naming the archive when it has no split.
     """
-    from pipeline.archive import Archive  # pipeline.archive reads splits through this module
+    from pipeline.archive import (
+        Archive,  # pipeline.archive reads splits through this module
+    )
 
     return Archive(path, storage_options).split_patches(name)
 

@@ -17,8 +17,20 @@ import numpy as np
 
 from pipeline.bands import DW_CLASSES, DW_PALETTE, LABEL_NODATA
 from pipeline.errors import BadInput
-from pipeline.figures.style import ANNOTATION_SIZE, DEFAULT_DPI, dw_legend_handles, new_figure, save_png, styled
-from train.run_embeddings import SplitEmbeddings, nearest_neighbours, project_2d, similarity_pairs
+from pipeline.figures.style import (
+    ANNOTATION_SIZE,
+    DEFAULT_DPI,
+    dw_legend_handles,
+    new_figure,
+    save_png,
+    styled,
+)
+from train.run_embeddings import (
+    SplitEmbeddings,
+    nearest_neighbours,
+    project_2d,
+    similarity_pairs,
+)
 
 SCALARS = ("train/loss", "train/lr", "train/momentum")
 _CSV_COLUMNS = {"train/loss": "loss", "train/lr": "lr", "train/momentum": "momentum"}
@@ -145,13 +157,13 @@ def similarity_figure(emb: SplitEmbeddings, max_pairs: int = 20000):
 @styled
 def neighbours_figure(emb: SplitEmbeddings, queries: Sequence[int] | None = None, k: int = 4):
     """A few query images (left) and their nearest neighbours in embedding space, S2 true colour."""
+    from pipeline.archive import Archive
     from pipeline.figures.gallery import s2_composite
-    from pipeline.store import open_group
 
     n = len(emb.ids)
     queries = list(np.linspace(0, n - 1, min(3, n)).round().astype(int)) if queries is None else list(queries)
     nn = nearest_neighbours(emb, queries, k)
-    group = open_group(emb.store, "r")
+    group = Archive.of(emb.store).open()
     s2 = next((m for m in ("s2_l1c", "s2_l2a") if m in group.attrs.get("band_names", {})), None)
     if s2 is None:
         raise BadInput(f"{emb.store}: no S2 modality to show")

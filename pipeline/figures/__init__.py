@@ -22,7 +22,14 @@ from pipeline.figures.gallery import (
 from pipeline.figures.label_data import LabelTable, load_label_table
 from pipeline.figures.published import published_comparison, published_status
 from pipeline.figures.render import LABEL_FIGURES, example_patches, render_label_figures
-from pipeline.figures.style import DEFAULT_DPI, dw_colormap, dw_legend_handles, new_figure, save_png, show
+from pipeline.figures.style import (
+    DEFAULT_DPI,
+    dw_colormap,
+    dw_legend_handles,
+    new_figure,
+    save_png,
+    show,
+)
 
 __all__ = [
     "DEFAULT_DPI", "LABEL_FIGURES", "LabelTable", "dw_colormap", "dw_legend_handles", "dw_rgb", "example_patches",

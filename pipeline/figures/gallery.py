@@ -25,7 +25,12 @@ import numpy as np
 
 from pipeline.bands import DW_CLASSES, LABEL_NODATA
 from pipeline.figures.label_data import LabelTable
-from pipeline.figures.style import dw_legend_handles, dw_lookup_table, new_figure, styled
+from pipeline.figures.style import (
+    dw_legend_handles,
+    dw_lookup_table,
+    new_figure,
+    styled,
+)
 
 TRUE_COLOUR = ("B4", "B3", "B2")
 FALSE_COLOUR = ("B8", "B4", "B3")
@@ -118,9 +123,9 @@ def _s2_modality(group) -> str | None:
 def patch_seasons_figure(store: str, patch: int, storage_options: dict | None = None):
     """One location, its seasons in date order as columns; rows S2 true colour, S2 false colour
     (B8/B4/B3), S1 VV/VH/ratio and the Dynamic World map with a legend. ``patch`` is an archive index."""
-    from pipeline.store import open_group
+    from pipeline.archive import Archive
 
-    group = open_group(store, "r", storage_options)
+    group = Archive.of(store, storage_options).open()
     dates = [str(d) for d in group["reference_date"][:]]
     order = np.argsort(np.asarray(dates, dtype=str), kind="stable")
     s2 = _s2_modality(group)
@@ -172,9 +177,9 @@ def patch_seasons_figure(store: str, patch: int, storage_options: dict | None = 
 @styled
 def gallery_figure(store: str, patches: Sequence[int], season: int = 0, storage_options: dict | None = None):
     """Several locations in one season: a row per location with S2 true colour, false colour, S1 and DW."""
-    from pipeline.store import open_group
+    from pipeline.archive import Archive
 
-    group = open_group(store, "r", storage_options)
+    group = Archive.of(store, storage_options).open()
     s2 = _s2_modality(group)
     s2_bands = list(group.attrs["band_names"][s2]) if s2 else []
     s1_bands = list(group.attrs["band_names"].get("s1_grd", []))

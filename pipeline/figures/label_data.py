@@ -119,13 +119,14 @@ def load_label_table(store: str, storage_options: dict | None = None, nodata: bo
     Raises:
         BadInput: no softcon archive at ``store`` (one line naming the path).
     """
+    from pipeline.archive import Archive
     from pipeline.labels import read_label_provenance
     from pipeline.split import SPLIT_NAMES, read_split
-    from pipeline.store import MODALITY_ORDER, STATUS_DONE, archive_exists, open_group
+    from pipeline.store import MODALITY_ORDER, STATUS_DONE, archive_exists
 
     if not archive_exists(store, storage_options):
         raise BadInput(f"{store}: no softcon archive there; check the path")
-    group = open_group(store, "r", storage_options)
+    group = Archive.of(store, storage_options).open()
     status = np.asarray(group["status"][:])
     done = np.flatnonzero(status == STATUS_DONE)
     classes = tuple(str(c) for c in group.attrs.get("class_names", DW_CLASSES))

@@ -14,7 +14,13 @@ from matplotlib import colormaps
 
 from pipeline.figures import label_stats as ls
 from pipeline.figures.label_data import LabelTable
-from pipeline.figures.style import ANNOTATION_SIZE, dw_legend_handles, new_figure, pretty, styled
+from pipeline.figures.style import (
+    ANNOTATION_SIZE,
+    dw_legend_handles,
+    new_figure,
+    pretty,
+    styled,
+)
 
 
 def _class_axis(ax, classes: tuple[str, ...], axis: str = "y") -> None:
