@@ -28,31 +28,23 @@ from pathlib import Path
 import numpy as np
 import yaml
 import zarr
+from common import best_of_interleaved, fake_locations
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.labels import _CODEC_BATCH, compute_archive_labels  # noqa: E402
-from pipeline.locations import Location, utm_epsg  # noqa: E402
-from pipeline.manifest import Manifest  # noqa: E402
-from pipeline.store import (  # noqa: E402
+from pipeline.labels import CODEC_BATCH, compute_archive_labels
+from pipeline.manifest import Manifest
+from pipeline.store import (
+    PATCH_VARIABLES,
     STATUS_DONE,
     ArchiveLayout,
-    PATCH_VARIABLES,
     PatchResult,
-    _compressors,
+    compressors_for,
     create_archive,
     date_to_days,
     open_group,
     write_patches,
 )
 
-
-def fake_locations(n: int) -> list[Location]:
-    rng = np.random.default_rng(0)
-    lon, lat = rng.uniform(-170, 170, n), rng.uniform(-60, 60, n)
-    return [Location(i, float(lon[i]), float(lat[i]), utm_epsg(lon[i], lat[i]), 5e5, 4e6) for i in range(n)]
-
+REPO = Path(__file__).resolve().parents[1]
 
 def blocky_labels(rng: np.random.Generator, shape: tuple[int, ...], size: int) -> np.ndarray:
     coarse = rng.integers(0, 9, shape[:-2] + (size // 8 + 1, size // 8 + 1), dtype=np.uint8)
@@ -100,7 +92,7 @@ def bench_writes(tmp: Path, n_patches: int, size: int) -> tuple[float, str]:
     for name in [*layout.modalities, *PATCH_VARIABLES, "status_reason", "status"]:
         a = group[name]
         arrays[name] = plain.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards,
-                                          compressors=_compressors(manifest.store.compressor) if a.shards else "auto",
+                                          compressors=compressors_for(manifest.store.compressor) if a.shards else "auto",
                                           fill_value=a.fill_value)
     t0 = time.perf_counter()
     for rs in shards:
@@ -139,7 +131,7 @@ def bench_labels(store: Path, repeats: int = 5) -> tuple[float, str]:
     """Ours vs a bare loop over the same shards: zarr read + one ``np.bincount`` per map.
 
     The bare loop runs twice: with zarr's default configuration, and with the codec batch size that
-    ``compute_archive_labels`` sets for its reads (``pipeline.labels._CODEC_BATCH``), which takes that
+    ``compute_archive_labels`` sets for its reads (``pipeline.labels.CODEC_BATCH``), which takes that
     tuning out of the comparison.
     """
     group = zarr.open_group(str(store), mode="r")
@@ -158,7 +150,7 @@ def bench_labels(store: Path, repeats: int = 5) -> tuple[float, str]:
                     counts.append(np.bincount(block[p, s].ravel(), minlength=256)[:10])
 
     def bare_same_zarr_batch() -> None:
-        with zarr.config.set({"codec_pipeline.batch_size": _CODEC_BATCH}):
+        with zarr.config.set({"codec_pipeline.batch_size": CODEC_BATCH}):
             bare()
 
     t_ours, t_bare, t_tuned = best_of_interleaved([ours, bare, bare_same_zarr_batch], repeats)
@@ -168,20 +160,6 @@ def bench_labels(store: Path, repeats: int = 5) -> tuple[float, str]:
                    f"{n_maps / t_bare:.0f} maps/s -> ratio {ratio:.2f} (goal >= 0.8); with the bare loop's zarr "
                    f"reads batched like ours: {n_maps / t_tuned:.0f} maps/s -> ratio {ratio_tuned:.2f}  "
                    f"[{n_maps} maps, best of {repeats} each, interleaved]")
-
-
-def best_of_interleaved(fns, repeats: int) -> list[float]:
-    """Best time of each function, run in turn after a warm-up of each, once dirty pages are flushed."""
-    os.sync()  # the archive was just written: let writeback finish before timing reads
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [min(ts) for ts in times]
 
 
 def peak_rss_of_run(manifest: Path, env: dict) -> tuple[float, float]:

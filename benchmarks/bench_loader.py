@@ -37,45 +37,27 @@ import time
 from pathlib import Path
 
 import numpy as np
+import rasterio
+import torch
+from common import synthetic_archive
+from rasterio.enums import Resampling
+from rasterio.transform import from_bounds
+from torch.utils.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import rasterio  # noqa: E402
-import torch  # noqa: E402
-from rasterio.enums import Resampling  # noqa: E402
-from rasterio.transform import from_bounds  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-from pipeline.bands import S2_L1C_BANDS, S2_NATIVE_RESOLUTION_M  # noqa: E402
-from pipeline.curate import prepare, process_shard  # noqa: E402
-from pipeline.manifest import Manifest  # noqa: E402
-from pipeline.store import STATUS_DONE, open_group  # noqa: E402
-from train.augment import ms_view_transforms  # noqa: E402
-from train.data import ArchiveDataset, build_dataloader  # noqa: E402
-
-
-def build_archive(path: Path, n_locations: int, size: int) -> None:
-    manifest = Manifest.model_validate({
-        "source": {"kind": "synthetic", "synthetic": {"seed": 0, "cloud_probability": 0.1}},
-        "sampling": {"n_locations": n_locations, "top_n_cities": 200, "seed": 1},
-        "patch": {"size_px": size},
-        "store": {"path": str(path), "patches_per_shard": 16},
-        "modalities": {"s2_l2a": {"enabled": False}, "s1_grd": {"enabled": False}},
-    })
-    locations, layout = prepare(manifest)
-    for shard in range(layout.n_shards):
-        process_shard(manifest, layout, shard, locations[layout.shard_slice(shard)])
+from pipeline.archive import Archive
+from pipeline.bands import S2_L1C_BANDS, S2_NATIVE_RESOLUTION_M
+from train.augment import ms_view_transforms
+from train.data import ArchiveDataset, build_dataloader
 
 
 def write_geotiffs(store: Path, root: Path) -> list[Path]:
     """The archive's done (patch, season) S2 L1C images as SSL4EO-S12 per-band GeoTIFFs; their folders."""
-    group = open_group(str(store))
-    status, ids = group["status"][:], group["patch_id"][:]
+    group = Archive(str(store)).open()
+    ids = group["patch_id"][:]
     image_ids, lon, lat = group["image_id"][:], group["lon"][:], group["lat"][:]
     arr = group["s2_l1c"]
     folders = []
-    for p in np.flatnonzero(status == STATUS_DONE):
+    for p in Archive(str(store)).done_patches():
         patch = arr[int(p)]  # (S, 13, H, W)
         size = patch.shape[-1]
         half = size * 10 / 2 / 111_320.0  # patch half-width in degrees (lon/lat CRS, as SSL4EO-S12)
@@ -156,7 +138,7 @@ def main(argv: list[str] | None = None) -> float:
         store = tmp / "bench.zarr"
         t0 = time.perf_counter()
         if not store.exists():
-            build_archive(store, args.locations, args.size)
+            synthetic_archive(store, args.locations, args.size, modalities=("s2_l1c",))
         folders = sorted((tmp / "s2c").glob("*/*")) if (tmp / "s2c").exists() else write_geotiffs(store, tmp)
         print(f"built {len(folders)} images ({args.locations} locations, {args.size} px) in "
               f"{time.perf_counter() - t0:.1f}s under {tmp}", file=sys.stderr)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,13 +36,12 @@ import rasterio
 from rasterio.enums import Resampling
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from pipeline.bands import MODALITY_BANDS, MODALITY_DTYPES  # noqa: E402
-from pipeline.grid import PatchGrid  # noqa: E402
-from pipeline.manifest import SeasonsConfig  # noqa: E402
-from pipeline.seasons import SeasonWindow, season_windows  # noqa: E402
-from pipeline.sources.ssl4eo_local import (  # noqa: E402
+from pipeline.bands import MODALITY_BANDS, MODALITY_DTYPES
+from pipeline.grid import PatchGrid
+from pipeline.manifest import SeasonsConfig
+from pipeline.seasons import SeasonWindow, season_windows
+from pipeline.sources.ssl4eo_local import (
     MODALITY_DIRS,
     SSL4EOLocalSource,
     assign_seasons,

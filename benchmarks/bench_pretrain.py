@@ -16,34 +16,13 @@ Usage: ``.venv/bin/python benchmarks/bench_pretrain.py [--batch 512] [--dim 256]
 from __future__ import annotations
 
 import argparse
-import statistics
-import sys
-import time
-from pathlib import Path
 
 import torch
+from common import timed_pair
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from train.cpu_memory import keep_freed_memory  # noqa: E402
-from train.losses import InfoNCELoss, SoftConLoss  # noqa: E402
-from train.pretrain import Branch, PretrainConfig, PretrainModel, compute_loss  # noqa: E402
-
-
-def timed_pair(fn_a, fn_b, repeats: int, warmup: int = 5) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b``, run alternately so that both see the same machine load."""
-    for _ in range(warmup):
-        fn_a()
-        fn_b()
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times_a), statistics.median(times_b)
+from train.cpu_memory import keep_freed_memory
+from train.losses import InfoNCELoss, SoftConLoss
+from train.pretrain import Branch, PretrainConfig, PretrainModel, compute_loss
 
 
 def bench_loss(batch: int, dim: int, repeats: int) -> str:

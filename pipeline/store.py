@@ -74,7 +74,8 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def _compressors(cfg: CompressorConfig) -> list[Any] | None:
+def compressors_for(cfg: CompressorConfig) -> list[Any] | None:
+    """The Zarr v3 codecs of the image arrays for a manifest's compressor settings (None: uncompressed)."""
     if cfg.codec == "none":
         return None
     if cfg.codec == "zstd":
@@ -138,7 +139,7 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
     layout = ArchiveLayout.from_manifest(manifest, len(locations))
     P, S, H, pps = layout.n_patches, layout.n_seasons, layout.size, layout.patches_per_shard
     M = len(MODALITY_ORDER)
-    compressors = _compressors(manifest.store.compressor)
+    compressors = compressors_for(manifest.store.compressor)
     data_vars: dict[str, Any] = {}
     encoding: dict[str, dict] = {}
 
