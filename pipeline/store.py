@@ -14,6 +14,8 @@ Layout (dimension names in brackets; ``P`` patches = locations, ``S`` seasons)::
     label_method    [patch, season]                     string: "matched" | "mode" | ""
     status          [patch]                             int8: 0 todo, 1 done, 2 failed
     status_reason   [patch]                             string (why a patch failed)
+    <product>_fraction, <product>_multi_hot  [patch, season, <product>_class]  optional extra label
+                    products a source declares (synthetic: ``reference``, see :mod:`pipeline.reference`)
     coordinates: patch_id (7-digit), lon, lat, epsg, x, y (UTM centre), city, band names, class names, modality
 
 Images and label maps use one (patch, season) per chunk inside shards of ``patches_per_shard``
@@ -49,6 +51,7 @@ from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
 from pipeline.grid import grid_record
 from pipeline.locations import Location
 from pipeline.manifest import CompressorConfig, Manifest
+from pipeline.reference import product_template
 from pipeline.store_target import (  # noqa: F401 - ArchiveError is part of this module's interface
     SOFTWARE,
     TEMPLATE_MARKER,
@@ -177,6 +180,10 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
     small("status", ("patch",), (P,), "int8", STATUS_TODO,
           {"flag_values": list(STATUS_NAMES), "flag_meanings": " ".join(STATUS_NAMES.values())})
     small("status_reason", ("patch",), (P,), STRING, "", {})
+    product_coords = {}  # the source's extra label products (pipeline.reference), absent for most sources
+    for name, dims, classes, dtype, attrs in product_template(source_description, manifest.labels.presence_threshold):
+        small(name, dims, (P, S, len(classes)), dtype, 0, attrs)
+        product_coords[dims[-1]] = (dims[-1], np.array(classes, dtype=object))
     # acquired holds CF-encoded dates but is written raw by the shard tasks: keep xarray from re-encoding.
     data_vars["acquired"].attrs.pop("units")
     data_vars["acquired"].attrs.pop("calendar")
@@ -193,6 +200,7 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
         "reference_date": ("season", np.array([str(d) for d in manifest.seasons.reference_dates], dtype=object)),
         "class": ("class", np.array(DW_CLASSES, dtype=object)),
         "modality": ("modality", np.array(MODALITY_ORDER, dtype=object)),
+        **product_coords,
     }
     for name, bands in layout.modalities.items():
         coords[f"band_{name}"] = (f"band_{name}", np.array(bands, dtype=object))
@@ -290,6 +298,7 @@ class PatchResult:
     image_id: np.ndarray | None = None  # (S, M) object
     cloud_pct: np.ndarray | None = None  # (S, M) float32
     label_method: np.ndarray | None = None  # (S,) object
+    products: dict[str, np.ndarray] = field(default_factory=dict)  # extra label products: variable → (S, K)
 
 
 def _empty_patch_arrays(layout: ArchiveLayout) -> dict[str, np.ndarray]:
@@ -337,9 +346,20 @@ def write_patches(group: zarr.Group, layout: ArchiveLayout, results: list[PatchR
             stacked.setdefault(name, []).append(arr)
     for name, parts in stacked.items():
         group[name][a:b] = np.stack(parts)
+    _write_products(group, a, b, results)
     # Status last: a shard is only "done" once all its data is on disk.
     group["status_reason"][a:b] = np.array([r.reason for r in results], dtype=object)
     group["status"][a:b] = np.array([r.status for r in results], dtype=np.int8)
+
+
+def _write_products(group: zarr.Group, a: int, b: int, results: list[PatchResult]) -> None:
+    """The extra label products of patches ``a..b-1`` (zeros for failed ones); only variables the archive has."""
+    names = sorted({n for r in results if r.status == STATUS_DONE for n in r.products if n in group})
+    for name in names:
+        like = next(r.products[name] for r in results if name in r.products)
+        parts = [r.products[name] if r.status == STATUS_DONE and name in r.products else np.zeros_like(like)
+                 for r in results]
+        group[name][a:b] = np.stack(parts)
 
 
 def read_status(path: str, storage_options: dict | None = None) -> np.ndarray:

@@ -15,6 +15,9 @@ This module chooses the acquisitions and assembles the sample; the world is gene
   threshold is taken, else :class:`~pipeline.sources.base.NoImageFound`.
 * **Dynamic World**: the label map's ``image_id`` equals the L1C id (method "matched").
 * ``fail_rate`` simulates transient errors for a deterministic fraction of (location, season, attempt).
+* **Reference land cover**: a finer, CORINE-like second label product (19 classes,
+  :mod:`pipeline.sources.synthetic.reference`), declared in ``describe()["label_products"]`` and
+  computed per patch by :meth:`SyntheticSource.patch_products` (written by :mod:`pipeline.reference`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from pipeline.sources.base import (
     check_modalities,
 )
 from pipeline.sources.synthetic.fields import ST_FAIL, ST_S2_COVER, ST_S2_PHASE, seeded_rng
+from pipeline.sources.synthetic.reference import REFERENCE_CLASSES, reference_fraction, reference_map
 from pipeline.sources.synthetic.rendering import dw_labels, render_s1, render_s2
 from pipeline.sources.synthetic.world import World, build_world, season_phase, seasonal_cover
 
@@ -92,7 +96,30 @@ class SyntheticSource:
             "resampling": self.resampling,
             "s2_dn_offset": 0,
             "signatures": "pipeline.sources.signatures",
+            "label_products": {"reference": {
+                "classes": list(REFERENCE_CLASSES), "model": "pipeline.sources.synthetic.reference",
+                "description": "CORINE-like reference land cover of the synthetic world (truth, no clouds); "
+                               "never read by pretraining"}},
         }
+
+    def patch_products(self, location: Location, windows: list[SeasonWindow], grid: PatchGrid) -> dict[str, np.ndarray]:
+        """The extra per-patch label products of one location, for every season window.
+
+        Args:
+            location: The location.
+            windows: Its season windows, in season order.
+            grid: The patch grid.
+
+        Returns:
+            ``{"reference": (S, len(REFERENCE_CLASSES)) float64}``: the class fractions of the reference
+            land cover (:mod:`pipeline.sources.synthetic.reference`) of each season.
+        """
+        world = self._world(location, grid)
+        rows = []
+        for w in windows:
+            _, winter = season_phase(world.place, w.centre)
+            rows.append(reference_fraction(reference_map(world, seasonal_cover(world, winter), grid.resolution)))
+        return {"reference": np.stack(rows)}
 
     # ------------------------------------------------------------------ helpers
     def _world(self, loc: Location, grid: PatchGrid) -> World:

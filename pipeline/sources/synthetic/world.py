@@ -44,6 +44,10 @@ from pipeline.sources.synthetic.fields import (
 
 
 # --------------------------------------------------------------------------- the static world
+#: Kinds of open water kept in :attr:`World.water_kind` (where two overlap, sea > river > lake).
+WATER_NONE, WATER_LAKE, WATER_RIVER, WATER_SEA = 0, 1, 2, 3
+
+
 @dataclass(frozen=True)
 class Place:
     """Per-location attributes, drawn once from (seed, location index) and the latitude."""
@@ -77,6 +81,8 @@ class World:
     parcel_winter: np.ndarray  # (n,) bool winter cereal (green plateau through winter)
     parcel_vigour: np.ndarray  # (n,) float32 canopy scale
     decid: np.ndarray  # (H, W) float32 deciduous fraction of tree pixels
+    water_kind: np.ndarray  # (H, W) uint8 WATER_NONE / WATER_LAKE / WATER_RIVER / WATER_SEA (sea > river > lake)
+    farmland: np.ndarray  # (H, W) bool agricultural land: crop parcels and pasture
     tex: np.ndarray  # (2, H, W) float32 unit-std S2 texture: brightness, vigour
     s1_tex: np.ndarray  # (2, H, W) float32 unit-std S1 texture: VV, VH
 
@@ -185,13 +191,20 @@ def build_world(seed: int, loc: Location, size: int, res: float) -> World:
     yy, xx = np.meshgrid(-coords, coords, indexing="ij")  # yy grows north, xx east, in patch units
 
     water = np.zeros((size, size), bool)
+    water_kind = np.zeros((size, size), np.uint8)
     if s["lake_u"] < s["lake_p"]:
-        water |= top_fraction(f_lake - 0.6 * f_elev, s["lake_frac"])
+        lake = top_fraction(f_lake - 0.6 * f_elev, s["lake_frac"])
+        water |= lake
+        water_kind[lake] = WATER_LAKE
     if s["river_u"] < 0.22:
-        water |= top_fraction(-np.abs(f_river), s["river_frac"])
+        river = top_fraction(-np.abs(f_river), s["river_frac"])
+        water |= river
+        water_kind[river] = WATER_RIVER
     if s["coast_u"] < 0.12:
         a = s["coast_angle"]
-        water |= top_fraction(3.0 * (xx * math.cos(a) + yy * math.sin(a)) + 0.6 * f_coast, s["coast_frac"])
+        sea = top_fraction(3.0 * (xx * math.cos(a) + yy * math.sin(a)) + 0.6 * f_coast, s["coast_frac"])
+        water |= sea
+        water_kind[sea] = WATER_SEA
 
     flooded = np.zeros_like(water)
     if water.any():
@@ -279,7 +292,7 @@ def build_world(seed: int, loc: Location, size: int, res: float) -> World:
     s1_tex = np.stack([s1_vv, s1_vh]).astype(np.float32)
 
     arrays = dict(lc=lc, elev=elev, slope=slope, snow_noise=snow_noise, parcel=parcel, decid=decid,
-                  tex=tex.astype(np.float32), s1_tex=s1_tex)
+                  water_kind=water_kind, farmland=ag, tex=tex.astype(np.float32), s1_tex=s1_tex)
     for a in arrays.values():
         a.flags.writeable = False
     return World(place=place, parcel_peak=peak.astype(np.float32), parcel_winter=winter,
