@@ -68,23 +68,121 @@ class LocalSourceOptions(_Strict):
 
 
 class EarthEngineSourceOptions(_Strict):
+    """Google Earth Engine: project, credentials, collections and the request quota.
+
+    Two limits work together. ``compute.source_concurrency`` bounds how many *shard tasks* fetch at
+    once; ``max_concurrent_requests`` and ``requests_per_second`` bound the *requests* in flight and
+    started per second by all of them together, cluster-wide (``distributed.Semaphore`` leases on the
+    Dask scheduler, see :mod:`pipeline.sources.ratelimit`), however many workers on however many
+    machines run the shards. Inside a shard ``concurrent_fetches`` (location, season) fetches run at
+    once, each with up to four requests in flight, so a few shards suffice to keep the quota busy:
+    ``source_concurrency × concurrent_fetches × 4`` well above ``max_concurrent_requests``. On 429
+    answers the requests in flight of each process shrink (AIMD) and grow back.
+
+    Earth Engine's published quota for a Cloud project is about 40 concurrent requests; requests per
+    second are limited per project as well (https://developers.google.com/earth-engine/guides/usage).
+    """
+
     project: str | None = None
     service_account_key: str | None = Field(default=None, repr=False)
     """Path to a service-account JSON key; may also come from ``SOFTCON_EE_KEY``. Never logged or stored."""
     harmonized: bool = False
     max_concurrent_requests: Annotated[StrictInt, Field(ge=1, le=100)] = 40
+    """Requests in flight at once, all workers together (the project's concurrent-request quota)."""
     requests_per_second: Annotated[StrictFloat, Field(gt=0)] = 10.0
+    """Requests started per ``rate_window_s``-second window ÷ ``rate_window_s``, all workers together."""
+    rate_window_s: Annotated[StrictFloat, Field(gt=0, le=60)] = 1.0
+    """The window over which ``requests_per_second`` is counted (1 s; shorter in time-scaled benchmarks)."""
+    concurrent_fetches: Annotated[StrictInt, Field(ge=1, le=1024)] | None = None
+    """(location, season) fetches a shard task runs at once; None: ``max_concurrent_requests``; 1: one after
+    another, every request of a season in turn too (the former sequential behaviour)."""
 
     @field_serializer("service_account_key", when_used="json")
     def _redact_key(self, v: str | None) -> str | None:
         return None if v is None else REDACTED
 
 
+#: Planetary Computer's STAC API (https://planetarycomputer.microsoft.com/docs/quickstarts/reading-stac/).
+PLANETARY_COMPUTER_STAC = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+
+class StacCollections(_Strict):
+    """STAC collection id per modality and for the land-cover labels; ``None`` = the catalog has none.
+
+    Defaults are Planetary Computer collection ids (its data catalog pages): ``sentinel-2-l2a``,
+    ``sentinel-1-rtc`` and ``esa-worldcover``. Planetary Computer serves no Sentinel-2 L1C, so
+    ``s2_l1c`` is ``None``: name a collection or disable the modality (``modalities.s2_l1c.enabled:
+    false``); :mod:`pipeline.preflight` says so. ``landcover: null`` curates without label maps.
+    """
+
+    s2_l1c: str | None = None
+    s2_l2a: str | None = "sentinel-2-l2a"
+    s1_grd: str | None = "sentinel-1-rtc"
+    landcover: str | None = "esa-worldcover"
+
+
+class StacSourceOptions(_Strict):
+    """A STAC catalog: a STAC API (searched with pystac-client) or a static catalog (walked with pystac).
+
+    See :mod:`pipeline.sources.stac` for the selection rule, the reads and the unit conversions.
+    """
+
+    catalog: str = PLANETARY_COMPUTER_STAC
+    """STAC API root URL, or a static catalog: a local ``catalog.json``/``collection.json`` (or its folder),
+    or a URL ending in ``.json``. Relative local paths are relative to the manifest file."""
+    collections: StacCollections = StacCollections()
+    asset_keys: dict[str, str] = {}
+    """Band name (``B8A``, ``VV``) or ``landcover`` → asset key, where the default lookup (``B08``/``B8``,
+    ``vv``/``VV``, the ``eo:bands`` names of an asset; ``map``/``data`` for land cover) does not fit."""
+    s1_units: Literal["linear", "db"] = "linear"
+    """Unit of the S1 assets: ``linear`` power (Planetary Computer RTC, converted to dB) or ``db``."""
+    landcover_crosswalk: str | None = None
+    """A crosswalk of :mod:`pipeline.crosswalks`, ``dw`` when the codes are DW classes, ``None`` = by collection
+    (``esa-worldcover`` → ``esa_worldcover``)."""
+    landcover_resampling: Literal["nearest", "mode"] = "nearest"
+    sign: str | None = None
+    """Dotted name of a URL-signing hook called on each selected item before its assets are read, e.g.
+    ``planetary_computer.sign_inplace`` (imported when first needed). Not part of the archive's hash."""
+    max_concurrent_requests: Annotated[StrictInt, Field(ge=1, le=100)] = 16
+    requests_per_second: Annotated[StrictFloat, Field(gt=0)] = 20.0
+    retries: Annotated[StrictInt, Field(ge=0, le=20)] = 4
+    """Retries of a request (search page, asset read) that failed transiently, before TransientSourceError."""
+    retry_delay_s: Annotated[StrictFloat, Field(ge=0)] = 1.0
+    request_timeout_s: Annotated[StrictFloat, Field(gt=0)] = 60.0
+    read_threads: Annotated[StrictInt, Field(ge=1, le=32)] = 4
+    """Assets of one image read at once (each read still takes a request slot and a rate token)."""
+
+    @field_validator("landcover_crosswalk")
+    @classmethod
+    def _known_crosswalk(cls, v: str | None) -> str | None:
+        from pipeline.crosswalks import CROSSWALKS
+
+        if v is not None and v != "dw" and v not in CROSSWALKS:
+            raise ValueError(f"unknown crosswalk {v!r}; valid: {list(CROSSWALKS)}, 'dw' or null (by collection)")
+        return v
+
+    @field_validator("sign")
+    @classmethod
+    def _dotted_name(cls, v: str | None) -> str | None:
+        parts = None if v is None else v.replace(":", ".").split(".")
+        if parts is not None and (len(parts) < 2 or not all(p.isidentifier() for p in parts)):
+            raise ValueError(f"{v!r} is not a dotted name such as planetary_computer.sign_inplace")
+        return v
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty catalog: a STAC API URL or a static catalog path")
+        return v
+
+
 class SourceConfig(_Strict):
-    kind: Literal["synthetic", "local", "earthengine"] = "synthetic"
+    kind: Literal["synthetic", "local", "earthengine", "stac"] = "synthetic"
     synthetic: SyntheticSourceOptions = SyntheticSourceOptions()
     local: LocalSourceOptions | None = None
     earthengine: EarthEngineSourceOptions | None = None
+    stac: StacSourceOptions | None = None
 
     @model_validator(mode="after")
     def _options_present(self) -> "SourceConfig":
@@ -238,7 +336,9 @@ class ComputeConfig(_Strict):
     processes: bool = True
     """Local cluster workers as processes (True) or threads in this process (False, starts faster)."""
     source_concurrency: Annotated[StrictInt, Field(ge=1)] = 4
-    """Most shard tasks fetching from the source at once (a Prefect global concurrency limit)."""
+    """Most shard tasks fetching from the source at once, cluster-wide (a ``distributed.Semaphore``).
+    For Earth Engine this counts shards, not requests: the requests in flight are bounded separately by
+    ``source.earthengine.max_concurrent_requests`` (see :class:`EarthEngineSourceOptions`)."""
     retries: Annotated[StrictInt, Field(ge=0)] = 3
     retry_delay_s: Annotated[StrictFloat, Field(ge=0)] = 1.0
     """Base delay of the exponential backoff between retries of a transient source error."""
@@ -291,8 +391,13 @@ class Manifest(_Strict):
         data["store"].pop("path", None)
         data["source"]["synthetic"].pop("fail_rate", None)
         if data["source"].get("earthengine"):  # credentials and request pacing do not change the data
-            for key in ("service_account_key", "max_concurrent_requests", "requests_per_second"):
+            for key in ("service_account_key", "max_concurrent_requests", "requests_per_second", "rate_window_s",
+                        "concurrent_fetches"):
                 data["source"]["earthengine"].pop(key, None)
+        if data["source"].get("stac"):  # nor do URL signing, request pacing and retries
+            for key in ("sign", "max_concurrent_requests", "requests_per_second", "retries", "retry_delay_s",
+                        "request_timeout_s", "read_threads"):
+                data["source"]["stac"].pop(key, None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -390,5 +495,8 @@ def resolve_paths(manifest: Manifest, base: Path) -> Manifest:
     if source.local is not None:
         source = source.model_copy(update={"local": source.local.model_copy(
             update={"root": fix(source.local.root), "labels": fix(source.local.labels)})})
+    if source.stac is not None:
+        source = source.model_copy(update={"stac": source.stac.model_copy(
+            update={"catalog": fix(source.stac.catalog)})})
     return manifest.model_copy(update={"store": store, "pretrain": pretrain, "source": source, "sampling": sampling,
                                        "evaluate": evaluate})

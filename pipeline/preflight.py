@@ -5,6 +5,8 @@
 * ``store.path``: the archive's folder can be created (local paths only; fsspec URLs are skipped);
 * ``source.local.root`` / ``source.local.labels``: the local SSL4EO-S12 copy and label raster exist;
 * ``source.earthengine``: credentials can be found (no request is sent);
+* ``source.stac``: a collection for every enabled modality, a local static catalog exists, the
+  land-cover crosswalk is known and the ``sign`` hook imports (no request is sent);
 * ``sampling.city_table``: a CSV city table exists;
 * ``pretrain.config``: when ``pretrain.enabled``, the training config exists and is valid.
 
@@ -77,6 +79,8 @@ def _source_problems(manifest: Manifest) -> list[str]:
             problems.append(f"source.local.labels: {source.local.labels} does not exist; fix the path or "
                             "remove the key")
         return problems
+    if source.kind == "stac":
+        return _stac_problems(manifest)
     if source.kind == "earthengine":
         from pipeline.manifest import EarthEngineSourceOptions
         from pipeline.sources.earthengine import EarthEngineAuthError, check_credentials
@@ -86,6 +90,32 @@ def _source_problems(manifest: Manifest) -> list[str]:
         except EarthEngineAuthError as err:
             return [f"source.earthengine: {err}"]
     return []
+
+
+def _stac_problems(manifest: Manifest) -> list[str]:
+    """A STAC source: a collection for every enabled modality, the static catalog, crosswalk and hook exist."""
+    from pipeline.manifest import StacSourceOptions
+    from pipeline.sources.stac import is_static, landcover_crosswalk, load_hook, static_root
+
+    opts = manifest.source.stac or StacSourceOptions()
+    problems = [f"source.stac.collections.{name}: the catalog has no collection for {name} (Planetary Computer "
+                f"serves no Sentinel-2 L1C); name one or disable the modality (modalities.{name}.enabled: false)"
+                for name in manifest.modalities.selected() if getattr(opts.collections, name) is None]
+    if is_static(opts.catalog) and is_local(opts.catalog):
+        root = Path(static_root(opts.catalog).removeprefix("file://"))
+        if not root.is_file():
+            problems.append(f"source.stac.catalog: {root} is not an existing STAC catalog file (catalog.json, "
+                            "collection.json, or a folder holding one); fix the path or give a STAC API URL")
+    try:
+        landcover_crosswalk(opts)
+    except ValueError as err:
+        problems.append(f"source.stac.landcover_crosswalk: {err}")
+    if opts.sign is not None:
+        try:
+            load_hook(opts.sign)
+        except ImportError as err:
+            problems.append(f"source.stac.sign: {err}; install the package that provides it or remove the key")
+    return problems
 
 
 def _city_table_problems(table: str) -> list[str]:

@@ -48,4 +48,11 @@ def build_source(manifest: Manifest) -> Source:
             max_cloudy_pixel_percentage=manifest.cloud_filter.max_cloudy_pixel_percentage,
             resampling=manifest.patch.resampling,
         )
+    if kind == "stac":
+        from pipeline.manifest import StacSourceOptions
+        from pipeline.sources.stac import StacSource
+
+        return StacSource(manifest.source.stac or StacSourceOptions(),
+                          max_cloudy_pixel_percentage=manifest.cloud_filter.max_cloudy_pixel_percentage,
+                          resampling=manifest.patch.resampling)
     raise ValueError(f"source.kind: unknown source '{kind}'")
