@@ -7,16 +7,21 @@ Python, so it can be unit-tested and reused under any scheduler.
   and creates the archive template (or checks that an existing archive matches the manifest).
 * :func:`pending_shards` lists the shards that still have work.
 * :func:`process_shard` fetches every pending patch of one shard from the source (with retries and
-  exponential backoff on transient errors), derives the label vectors and writes the shard.
+  exponential backoff on transient errors), derives the label vectors and writes the shard. A source
+  that can overlap its requests (Earth Engine) gets its (location, season) fetches run on a thread
+  pool (:func:`fetch_parallelism`); patches are assembled in order, so the archive is the same bytes
+  as with one fetch after another.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 import tempfile
 import time
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,7 @@ from pipeline.labels import (
 )
 from pipeline.locations import Location
 from pipeline.manifest import Manifest
+from pipeline.reference import patch_products
 from pipeline.sampling import (
     locations_to_geodataframe,
     read_locations,
@@ -169,41 +175,73 @@ def label_thresholds(manifest: Manifest, provenance: dict | None) -> tuple[float
 
 
 def process_patch(source: Source, manifest: Manifest, location: Location,
-                  thresholds: tuple[float, float] | None = None) -> PatchResult:
+                  thresholds: tuple[float, float] | None = None, pool: Executor | None = None) -> PatchResult:
     """All seasons of one location. Permanent source errors give a failed result with the reason.
 
     ``thresholds`` (presence, min valid fraction) default to the manifest's (see :func:`label_thresholds`).
+    With ``pool`` the seasons are fetched at once on it (see :func:`start_patch`).
     """
+    return finish_patch(start_patch(source, manifest, location, pool), thresholds or label_thresholds(manifest, None))
+
+
+@dataclass
+class PendingPatch:
+    """A patch whose seasons are being fetched: one future (or, without a pool, one call) per season."""
+
+    source: Source
+    manifest: Manifest
+    location: Location
+    windows: list
+    seasons: list  # Future or zero-argument callable per window, in season order
+
+
+def start_patch(source: Source, manifest: Manifest, location: Location, pool: Executor | None = None) -> PendingPatch:
+    """Start fetching the seasons of one location: submitted to ``pool`` at once, or (no pool) left to
+    :func:`finish_patch` to fetch one after another, stopping at the first failing season as before."""
     modalities = manifest.modalities.selected()
     grid = PatchGrid.for_location(location, manifest.patch.size_px, manifest.patch.resolution_m,
                                   manifest.patch.lattice_m)
     seasons = manifest.seasons
     shift = location_shift_days(manifest.sampling.seed, location.index, seasons.max_shift_days)
     windows = season_windows(seasons.reference_dates, seasons.window_days, shift)
-    S, M, H = len(windows), len(MODALITY_ORDER), manifest.patch.size_px
+    retries, delay = manifest.compute.retries, manifest.compute.retry_delay_s
+    calls = [functools.partial(fetch_with_retries, source, location, w, grid, modalities, retries, delay)
+             for w in windows]
+    return PendingPatch(source, manifest, location, windows,
+                        calls if pool is None else [pool.submit(c) for c in calls])
+
+
+def finish_patch(pending: PendingPatch, thresholds: tuple[float, float]) -> PatchResult:
+    """Assemble a patch from its seasons in season order; the first failing season (in that order, whatever
+    order the answers came in) gives the failed result, exactly as fetching them one after another."""
+    source, manifest, location = pending.source, pending.manifest, pending.location
+    modalities = manifest.modalities.selected()
+    S, M, H = len(pending.windows), len(MODALITY_ORDER), manifest.patch.size_px
     images = {name: np.empty((S, len(bands), H, H), MODALITY_DTYPES[name]) for name, bands in modalities.items()}
     dw = np.empty((S, H, H), np.uint8)
     acquired = np.full((S, M), NO_DATE, np.int32)
     image_id = np.full((S, M), "", dtype=object)
     cloud = np.full((S, M), np.nan, np.float32)
     method = np.full((S,), "", dtype=object)
-    for w in windows:
+    for w, season in zip(pending.windows, pending.seasons):
         try:
-            sample = fetch_with_retries(source, location, w, grid, modalities,
-                                        manifest.compute.retries, manifest.compute.retry_delay_s)
+            sample = season.result() if isinstance(season, Future) else season()
         except TransientSourceError as err:
             retried = request_retries(source, manifest.compute.retries)
             after = f"still failing after {retried} retries: " if retried else ""  # else the source says how often
-            return PatchResult(location.index, STATUS_FAILED, f"TransientSourceError: season {w.season}: {after}{err}")
+            return _failed(pending, PatchResult(location.index, STATUS_FAILED,
+                                                f"TransientSourceError: season {w.season}: {after}{err}"))
         except SourceError as err:
-            return PatchResult(location.index, STATUS_FAILED, f"{type(err).__name__}: season {w.season}: {err}")
+            return _failed(pending, PatchResult(location.index, STATUS_FAILED,
+                                                f"{type(err).__name__}: season {w.season}: {err}"))
         for name, bands in modalities.items():
             img = sample.images.get(name)
             expected = ((len(bands), H, H), np.dtype(MODALITY_DTYPES[name]), bands)
             got = None if img is None else (img.data.shape, img.data.dtype, tuple(img.bands))
             if got != expected:
-                return PatchResult(location.index, STATUS_FAILED,
-                                   f"CorruptData: season {w.season}: {name} expected {expected}, got {got}")
+                return _failed(pending, PatchResult(location.index, STATUS_FAILED,
+                                                    f"CorruptData: season {w.season}: {name} expected {expected}, "
+                                                    f"got {got}"))
             images[name][w.season] = img.data
             m = MODALITY_ORDER.index(name)
             acquired[w.season, m] = date_to_days(img.acquired)
@@ -214,12 +252,31 @@ def process_patch(source: Source, manifest: Manifest, location: Location,
         else:
             dw[w.season] = sample.label.data
             method[w.season] = sample.label.method
-    presence, min_valid = thresholds or label_thresholds(manifest, None)
+    presence, min_valid = thresholds
     fractions, multi_hot = label_vectors(
         dw, n_classes=len(DW_CLASSES), presence_threshold=presence, min_valid_fraction=min_valid)
     return PatchResult(location.index, STATUS_DONE, images=images, dw_label=dw, label_fraction=fractions,
                        multi_hot=multi_hot, acquired=acquired, image_id=image_id, cloud_pct=cloud,
-                       label_method=method)
+                       label_method=method,
+                       products=patch_products(source, manifest, location, pending.windows, presence))
+
+
+def _failed(pending: PendingPatch, result: PatchResult) -> PatchResult:
+    """A failed patch: its seasons still queued are cancelled (running ones end on their own)."""
+    for season in pending.seasons:
+        if isinstance(season, Future):
+            season.cancel()
+    return result
+
+
+def fetch_parallelism(source: Source) -> int:
+    """How many (location, season) fetches of one shard run at once: 1 for sources that do not say.
+
+    A source that can overlap its requests offers ``prepare_concurrent_fetch()`` (Earth Engine: it binds
+    the cluster-wide request limits in the calling shard task's thread and returns how many).
+    """
+    prepare = getattr(source, "prepare_concurrent_fetch", None)
+    return max(1, int(prepare())) if prepare is not None else 1
 
 
 @dataclass
@@ -245,10 +302,12 @@ def process_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locatio
     wanted = (status == STATUS_TODO) | ((status == STATUS_FAILED) if retry_failed else False)
     by_index = {loc.index: loc for loc in locations}
     thresholds = label_thresholds(manifest, read_label_provenance(group))
-    results = []
-    for offset in np.flatnonzero(wanted):
-        idx = sl.start + int(offset)
-        results.append(process_patch(source, manifest, by_index[idx], thresholds))
+    todo = [by_index[sl.start + int(offset)] for offset in np.flatnonzero(wanted)]
+    parallel = fetch_parallelism(source)
+    if parallel <= 1:
+        results = [process_patch(source, manifest, loc, thresholds) for loc in todo]
+    else:
+        results = _fetch_concurrently(source, manifest, todo, thresholds, parallel, shard)
     # Contiguous runs keep the writes aligned (the whole shard when nothing in it was done before).
     run: list[PatchResult] = []
     for r in results:
@@ -266,6 +325,26 @@ def process_shard(manifest: Manifest, layout: ArchiveLayout, shard: int, locatio
         reasons=[r.reason for r in results if r.status == STATUS_FAILED],
         retryable=sum(r.status == STATUS_FAILED and is_retryable(r.reason) for r in results),
     )
+
+
+def _fetch_concurrently(source: Source, manifest: Manifest, todo: list[Location], thresholds: tuple[float, float],
+                        parallel: int, shard: int) -> list[PatchResult]:
+    """Every (location, season) of ``todo`` on a pool of ``parallel`` threads, assembled in patch order.
+
+    Memory: the finished patches of the shard are held until the shard is written, as in the sequential
+    path (``store.patches_per_shard`` sizes it), plus at most ``parallel`` seasons being fetched.
+    """
+    with ThreadPoolExecutor(parallel, thread_name_prefix=f"shard{shard}-fetch") as pool:
+        pending = [start_patch(source, manifest, loc, pool) for loc in todo]
+        results = []
+        try:
+            for i in range(len(pending)):
+                patch, pending[i] = pending[i], None  # its season samples are freed once assembled
+                results.append(finish_patch(patch, thresholds))
+            return results
+        except BaseException:  # a programming error stops the shard: drop what is still queued
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
 
 def mark_shard_failed(manifest: Manifest, layout: ArchiveLayout, shard: int, error: BaseException) -> int:

@@ -665,17 +665,20 @@ def test_token_bucket_limits_rate():
 
 def test_source_applies_requests_per_second(ee_offline, monkeypatch):
     src = make_source(options={"requests_per_second": 2.0})
+    rate = src.limiter.rate
     acquired = []
-    monkeypatch.setattr(src._bucket, "acquire", lambda: acquired.append(1) or 0.0)
+    monkeypatch.setattr(rate, "acquire", lambda: acquired.append(1))
     src.fetch(LOC, WINDOW, GRID, {"s1_grd": ("VV",)})
-    assert src._bucket.rate == 2.0 and len(acquired) == 2  # one metadata call, one pixel request
+    assert rate._sem._initial_value == 2 and len(acquired) == 2  # one metadata call, one pixel request
+    assert src.limiter.scope == "process"  # not on a Dask worker
 
 
 def test_pickling_recreates_runtime_state(ee_offline):
     src = make_source(options={"max_concurrent_requests": 7})
+    _ = src.limiter
     clone = pickle.loads(pickle.dumps(src))
-    assert clone._slots is not src._slots and clone._bucket is not src._bucket
-    assert clone._slots._initial_value == 7 and clone._initialized
+    assert clone._limiter is None and clone.limiter is not src.limiter
+    assert clone.limiter.concurrency._initial_value == 7 and clone._initialized
     sample = clone.fetch(LOC, WINDOW, GRID, {"s1_grd": ("VV",)})
     assert sample.images["s1_grd"].data.shape == (1, 24, 24)
     plain = pickle.loads(pickle.dumps(EarthEngineSource(EarthEngineSourceOptions())))

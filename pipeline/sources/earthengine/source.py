@@ -4,7 +4,14 @@ Per (location, seasonal window, patch grid), :meth:`EarthEngineSource.fetch` fir
 recent image of every requested modality (and of S2 L1C when labels are wanted), so that a missing
 modality fails before any pixel request, then downloads the pixels of each selected asset on the
 patch grid and the Dynamic World label map (matched by L1C ``system:index``, else the per-pixel mode of
-the window; no label map when the window has no Dynamic World image). The queries are built by
+the window; no label map when the window has no Dynamic World image).
+
+Requests that depend on each other stay in order (selection → pixels; L1C selection → Dynamic World
+match → label pixels); independent ones overlap: the selections of one season run at once, then the
+pixel requests of every modality beside the label chain. The outcome does not depend on the order in
+which answers arrive: results are assembled in modality order and, when several requests fail, the
+error raised is the one the sequential order meets first. With ``concurrent_fetches: 1`` every request
+of a season runs one after another (the former behaviour). The queries are built by
 :mod:`~pipeline.sources.earthengine.queries`, requests sized by
 :mod:`~pipeline.sources.earthengine.planning`, sent and retried by
 :mod:`~pipeline.sources.earthengine.transport`; credentials are handled by
@@ -17,6 +24,7 @@ import math
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import ee
@@ -56,11 +64,11 @@ from pipeline.sources.earthengine.queries import (
 )
 from pipeline.sources.earthengine.transport import (
     EarthEngineTransport,
-    TokenBucket,
     Transport,
     backoff_delay,
     call_with_retries,
 )
+from pipeline.sources.ratelimit import RequestLimiter, request_limiter
 
 _S2_MODALITIES = ("s2_l1c", "s2_l2a")
 
@@ -106,20 +114,16 @@ class EarthEngineSource:
         self._setup_runtime()
 
     def _setup_runtime(self) -> None:
-        self._slots = threading.BoundedSemaphore(self.options.max_concurrent_requests)
-        self._bucket = TokenBucket(self.options.requests_per_second, sleep=self._sleep_real)
+        self._limiter: RequestLimiter | None = None
+        self._limiter_lock = threading.Lock()
         self._init_lock = threading.Lock()
         self._initialized = self._transport is not None  # a custom transport manages its own session
         self._rng = random.Random()
 
-    @staticmethod
-    def _sleep_real(seconds: float) -> None:
-        time.sleep(seconds)
-
-    # pickling (Dask workers): locks, semaphore and bucket are per process; Earth Engine is re-initialised
+    # pickling (Dask workers): locks and limiter are per process; Earth Engine is re-initialised
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_slots", "_bucket", "_init_lock", "_initialized", "_rng"):
+        for key in ("_limiter", "_limiter_lock", "_init_lock", "_initialized", "_rng"):
             state.pop(key, None)
         return state
 
@@ -131,6 +135,39 @@ class EarthEngineSource:
         return (f"EarthEngineSource(project={self.options.project!r}, auth={self._auth_kind()!r}, "
                 f"harmonized={self.options.harmonized}, max_cloudy_pixel_percentage="
                 f"{self.max_cloudy_pixel_percentage:g})")
+
+    # ------------------------------------------------------------------ request limits
+    @property
+    def limit_name(self) -> str:
+        """Names the project's quota: the cluster-wide semaphores are ``<limit_name>-inflight-…``/``-rate-…``."""
+        return f"softcon-{self.name}-{self.options.project or 'default-project'}"
+
+    @property
+    def fetch_concurrency(self) -> int:
+        """How many (location, season) fetches a shard may run at once: ``options.concurrent_fetches``,
+        by default ``max_concurrent_requests`` (a fetch has up to four requests in flight, so that many
+        keep the quota busy while some wait on their answers)."""
+        return self.options.concurrent_fetches or self.options.max_concurrent_requests
+
+    @property
+    def limiter(self) -> RequestLimiter:
+        """Every request's limits (see :mod:`pipeline.sources.ratelimit`), made on first use.
+
+        Made in a Dask task's thread it is the cluster-wide one; call :meth:`prepare_concurrent_fetch`
+        there before fetching from threads of one's own.
+        """
+        with self._limiter_lock:
+            if self._limiter is None:
+                o = self.options
+                self._limiter = request_limiter(self.limit_name, o.max_concurrent_requests, o.requests_per_second,
+                                                o.rate_window_s)
+            return self._limiter
+
+    def prepare_concurrent_fetch(self) -> int:
+        """Bind the request limits in the calling thread (a shard task's) and say how many fetches may run
+        at once (:attr:`fetch_concurrency`); :func:`pipeline.curate.process_shard` calls it."""
+        _ = self.limiter
+        return self.fetch_concurrency
 
     @property
     def transport(self) -> Transport:
@@ -159,7 +196,7 @@ class EarthEngineSource:
         return backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self._rng)
 
     def _call(self, fn: Callable[[], Any], context: str) -> Any:
-        return call_with_retries(fn, context, bucket=self._bucket, slots=self._slots, max_attempts=self.max_attempts,
+        return call_with_retries(fn, context, limiter=self.limiter, max_attempts=self.max_attempts,
                                  delay=self.backoff_delay, sleep=self._sleep)
 
     def _get_info(self, computation: ee.ComputedObject, tag: str, context: str) -> Any:
@@ -220,61 +257,82 @@ class EarthEngineSource:
         want_labels = self.with_labels and any(m in modalities for m in _S2_MODALITIES)
         order = [m for m in MODALITY_BANDS if m in modalities or (m == "s2_l1c" and want_labels)]
         selected: dict[str, Selected] = {}
-        for name in order:  # every selection first: a missing modality fails before any pixel request
-            sel = self._select(name, grid, window, f"earthengine {name} selection, {where}")
-            if sel.image_index is None and name in modalities:
-                raise NoImageFound(no_image_message(name, self.options.harmonized,
-                                                     self.max_cloudy_pixel_percentage, where))
-            selected[name] = sel
+
+        def select(name: str) -> Callable[[], None]:
+            def job() -> None:
+                sel = self._select(name, grid, window, f"earthengine {name} selection, {where}")
+                if sel.image_index is None and name in modalities:
+                    raise NoImageFound(no_image_message(name, self.options.harmonized,
+                                                         self.max_cloudy_pixel_percentage, where))
+                selected[name] = sel
+            return job
+
+        self._run_in_order([select(name) for name in order])  # a missing modality fails before any pixel request
+
+        wanted = [name for name in MODALITY_BANDS if name in modalities]
+        jobs: list[Callable[[], Any]] = [
+            lambda name=name: self._modality(name, selected[name], modalities[name], grid, where) for name in wanted]
+        if want_labels:
+            jobs.append(lambda: self._label(selected["s2_l1c"].image_index, grid, window, where))
+        results = self._run_in_order(jobs)
 
         images: dict[str, ModalityImage] = {}
         extra: dict[str, str] = {}
-        for name in MODALITY_BANDS:
-            if name not in modalities:
-                continue
+        for name, image in zip(wanted, results):
             sel = selected[name]
-            bands = tuple(b for b in MODALITY_BANDS[name] if b in set(modalities[name]))
-            dtype = MODALITY_DTYPES[name]
-            image = pixel_image(name, sel.image_index, bands, grid.resolution, self.resampling,
-                                self.options.harmonized)
-            data = self._pixels(name, image, bands, grid, dtype, f"earthengine {name} pixels, {where}")
-            if name == "s1_grd":
-                s1_nodata_to_nan(data)
-            images[name] = ModalityImage(data=data, bands=bands, acquired=sel.acquired, image_id=sel.image_index,
-                                         cloud_pct=sel.cloud_pct)
+            images[name] = image
             extra[f"{name}_candidates"] = str(sel.count)
             if sel.orbit_pass:
                 extra["s1_pass"] = sel.orbit_pass
-
         label = None
         if want_labels:
-            l1c_index = selected["s2_l1c"].image_index
-            label = self._label(l1c_index, grid, window, where, extra)
+            label, label_extra = results[-1]
+            extra.update(label_extra)
         return SeasonSample(images=images, label=label, extra=extra)
 
-    def _label(self, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow, where: str,
-               extra: dict[str, str]) -> LabelMap | None:
+    def _run_in_order(self, jobs: list[Callable[[], Any]]) -> list[Any]:
+        """Results of ``jobs`` in order; with concurrency they overlap and, once all have ended, the first
+        error in list order is raised (the one running them in order would have met first)."""
+        if self.fetch_concurrency <= 1 or len(jobs) <= 1:
+            return [job() for job in jobs]
+        with ThreadPoolExecutor(len(jobs), thread_name_prefix="ee-request") as pool:
+            futures = [pool.submit(job) for job in jobs]
+        return [f.result() for f in futures]
+
+    def _modality(self, name: str, sel: Selected, wanted_bands: tuple[str, ...], grid: PatchGrid,
+                  where: str) -> ModalityImage:
+        bands = tuple(b for b in MODALITY_BANDS[name] if b in set(wanted_bands))
+        image = pixel_image(name, sel.image_index, bands, grid.resolution, self.resampling, self.options.harmonized)
+        data = self._pixels(name, image, bands, grid, MODALITY_DTYPES[name], f"earthengine {name} pixels, {where}")
+        if name == "s1_grd":
+            s1_nodata_to_nan(data)
+        return ModalityImage(data=data, bands=bands, acquired=sel.acquired, image_id=sel.image_index,
+                             cloud_pct=sel.cloud_pct)
+
+    def _label(self, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow,
+               where: str) -> tuple[LabelMap | None, dict[str, str]]:
+        """The Dynamic World label map and the ``extra`` entries describing how it was found."""
         context = f"earthengine dw selection, {where}"
         info = self._get_info(dw_info(l1c_index, grid, window), "dw", context)
         if not isinstance(info, dict):
             raise CorruptData(f"{context}: expected a dictionary, got {type(info).__name__}")
         matched = as_count(info.get("matched", 0), context)
         in_window = as_count(info.get("window"), context)
-        extra["dw_window_images"] = str(in_window)
+        extra = {"dw_window_images": str(in_window)}
         if l1c_index is not None and matched > 0:
             method, image_id = "matched", l1c_index
         elif in_window > 0:
             method, image_id = "mode", f"mode:{DYNAMIC_WORLD}:{window.start.isoformat()}/{window.end.isoformat()}"
         else:
             extra["dw_method"] = "none"
-            return None
+            return None, extra
         extra["dw_method"] = method
         image = dw_label_image(method, l1c_index, grid, window)
         data = self._pixels("dw", image, ("label",), grid, "uint8", f"earthengine dw pixels, {where}")[0]
         valid = (data < 9) | (data == LABEL_NODATA)
         if not valid.all():
             raise CorruptData(f"earthengine dw pixels, {where}: label values outside 0..8 and {LABEL_NODATA}")
-        return LabelMap(data=data, image_id=image_id, method=method)
+        return LabelMap(data=data, image_id=image_id, method=method), extra
 
 
 # ----------------------------------------------------------------------------------------------- helpers

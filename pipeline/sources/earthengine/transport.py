@@ -1,12 +1,13 @@
 """How requests reach Earth Engine, how fast, and what happens when they fail.
 
-Every call goes through a token bucket (``requests_per_second``) and a
-``threading.BoundedSemaphore(max_concurrent_requests)`` shared by all threads using the source instance
-(per process: a pickled copy gets its own). Rate limits (429, "Too Many Requests", quota), server errors
-(5xx, "Internal error", "Service unavailable"), deadlines and network timeouts are retried with
-exponential backoff and jitter (delay in ``[d/2, d]``, ``d = min(backoff_max_s, backoff_base_s·2^k)``) up
-to ``max_attempts`` attempts, then :class:`~pipeline.sources.base.TransientSourceError`
-(:func:`call_with_retries`). Permanent problems raise :class:`~pipeline.sources.base.NoImageFound`,
+Every call holds a permit of a :class:`~pipeline.sources.ratelimit.RequestLimiter` while it runs: at most
+``max_concurrent_requests`` in flight and ``requests_per_second`` started, cluster-wide under Dask (see
+:mod:`pipeline.sources.ratelimit`), with an AIMD window that halves on a 429 and grows back on success.
+Rate limits (429, "Too Many Requests", quota), server errors (5xx, "Internal error", "Service
+unavailable"), deadlines and network timeouts are retried with exponential backoff and jitter (delay in
+``[d/2, d]``, ``d = min(backoff_max_s, backoff_base_s·2^k)``) up to ``max_attempts`` attempts, then
+:class:`~pipeline.sources.base.TransientSourceError` (:func:`call_with_retries`); no permit is held while
+waiting. Permanent problems raise :class:`~pipeline.sources.base.NoImageFound`,
 :class:`~pipeline.sources.base.InvalidGeometry`, :class:`~pipeline.sources.base.CorruptData` or
 (anything else Earth Engine refuses) :class:`~pipeline.sources.base.SourceError`, which the flow
 records as a failed patch (:func:`classify_error`). The Earth Engine client's own HTTP retries are
@@ -15,6 +16,7 @@ turned off when it is initialised, so this policy is the only one.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import logging
 import random
@@ -26,6 +28,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import ee
 
 from pipeline.sources.base import CorruptData, InvalidGeometry, NoImageFound, SourceError, TransientSourceError
+from pipeline.sources.ratelimit import RequestLimiter
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +154,34 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
     return d / 2.0 + rng.random() * d / 2.0
 
 
-def call_with_retries(fn: Callable[[], Any], context: str, *, bucket: TokenBucket, slots: threading.Semaphore,
-                      max_attempts: int, delay: Callable[[int], float], sleep: Callable[[float], None]) -> Any:
-    """Run ``fn`` under the rate limit and the concurrency cap, retrying transient failures.
+_THROTTLE_CODES = re.compile(r"(?<!\d)(?<!\d\.)429(?!\d)(?!\.\d)")
+_THROTTLE_MARKERS = ("too many requests", "quota exceeded", "rate limit", "too many concurrent")
+
+
+def is_throttle(err: BaseException) -> bool:
+    """Whether ``err`` says the project sends too much (429 / quota), as opposed to a failure of the server.
+
+    Throttles shrink the AIMD window of :mod:`pipeline.sources.ratelimit`; both kinds are retried.
+    """
+    low = str(err).lower()
+    return any(m in low for m in _THROTTLE_MARKERS) or bool(_THROTTLE_CODES.search(low))
+
+
+def call_with_retries(fn: Callable[[], Any], context: str, *, max_attempts: int, delay: Callable[[int], float],
+                      sleep: Callable[[float], None], limiter: RequestLimiter | None = None,
+                      bucket: TokenBucket | None = None, slots: threading.Semaphore | None = None) -> Any:
+    """Run ``fn`` under the request limits, retrying transient failures.
 
     Args:
         fn: The request, without arguments.
         context: What is being asked, for messages (location, season, modality).
-        bucket: Rate limit; one token per attempt.
-        slots: Concurrency cap, held while ``fn`` runs (not while sleeping between attempts).
         max_attempts: Attempts in all, ≥ 1.
         delay: Delay before the retry following a failed attempt (1-based), see :func:`backoff_delay`.
         sleep: How to wait between attempts.
+        limiter: Held while ``fn`` runs (not while sleeping between attempts); told about successes and
+            throttles (429), which drive its AIMD window.
+        bucket: Without ``limiter``: rate limit, one token per attempt.
+        slots: Without ``limiter``: concurrency cap, held while ``fn`` runs.
 
     Returns:
         What ``fn`` returned.
@@ -171,17 +190,26 @@ def call_with_retries(fn: Callable[[], Any], context: str, *, bucket: TokenBucke
         SourceError: A permanent failure, typed by :func:`classify_error`.
         TransientSourceError: Still failing after ``max_attempts`` attempts.
     """
+    if limiter is None:
+        permit = _bucket_and_slots(bucket, slots)
+        succeeded = throttled = _nothing
+    else:
+        permit, succeeded, throttled = limiter.request, limiter.succeeded, limiter.throttled
     last: BaseException | None = None
     for attempt in range(1, max_attempts + 1):
-        bucket.acquire()
-        with slots:
+        with permit():
             try:
-                return fn()
+                result = fn()
             except Exception as err:  # noqa: BLE001 - classified below
                 typed = classify_error(err, context)
                 if typed is not None:
                     raise typed from None
                 last = err
+                if is_throttle(err):
+                    throttled()
+            else:
+                succeeded()
+                return result
         if attempt < max_attempts:
             wait = delay(attempt)
             log.info("%s: transient error (%s), retry %d/%d in %.1f s", context, clip(str(last), 160),
@@ -190,3 +218,20 @@ def call_with_retries(fn: Callable[[], Any], context: str, *, bucket: TokenBucke
     raise TransientSourceError(
         f"{context}: still failing after {max_attempts} attempts: "
         f"{type(last).__name__}: {clip(str(last))}")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _bucket_and_slots(bucket: TokenBucket | None, slots: threading.Semaphore | None):
+    @contextlib.contextmanager
+    def permit():
+        if bucket is not None:
+            bucket.acquire()
+        if slots is None:
+            yield
+            return
+        with slots:
+            yield
+    return permit
