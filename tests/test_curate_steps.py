@@ -128,3 +128,54 @@ def test_the_earth_engine_source_declares_its_own_request_retries():
 
     assert EarthEngineSource.retries_requests is True
     assert steps.request_retries(EarthEngineSource, 6) == 0
+
+
+class ConcurrentSource:
+    """The synthetic source offering concurrent fetches (like Earth Engine): answers come back in a random
+    order, and ``fail`` (location index → seasons) raise a permanent error, later seasons answering first."""
+
+    def __init__(self, inner, fail: dict[int, set[int]] | None = None):
+        import threading
+
+        self.inner, self.fail = inner, fail or {}
+        self.name, self.synthetic = inner.name, inner.synthetic
+        self.threads: set[str] = set()
+        self._lock = threading.Lock()
+
+    def prepare_concurrent_fetch(self) -> int:
+        return 4
+
+    def describe(self):
+        return self.inner.describe()
+
+    def fetch(self, location, window, grid, modalities):
+        import random
+        import threading
+        import time
+
+        from pipeline.sources import NoImageFound
+
+        with self._lock:
+            self.threads.add(threading.current_thread().name)
+        seasons = self.fail.get(location.index, set())
+        time.sleep(0.02 if window.season in seasons and window.season == min(seasons) else random.random() * 0.005)
+        if window.season in seasons:
+            raise NoImageFound(f"nothing in season {window.season}")
+        return self.inner.fetch(location, window, grid, modalities)
+
+
+def test_concurrent_fetches_write_the_same_archive_and_report_the_first_failing_season(tmp_path):
+    from pipeline.sources import build_source
+
+    seq_m, par_m = manifest(tmp_path, "seq"), manifest(tmp_path, "par")
+    fail = {1: {1, 3}}  # season 3 fails first in time, season 1 first in order
+    seq = curate_all(seq_m)  # the synthetic source alone: one fetch after another
+    wrapped = ConcurrentSource(build_source(par_m), fail)
+    par = curate_all(par_m, wrapped)
+    assert len(wrapped.threads) > 1 and all(t.startswith("shard") for t in wrapped.threads)
+    status = par["status"][:]
+    assert status[1] == STATUS_FAILED and str(par["status_reason"][1]) == "NoImageFound: season 1: nothing in season 1"
+    done = status == STATUS_DONE
+    assert done.sum() == len(status) - 1 and (seq["status"][:] == STATUS_DONE).all()
+    for name in ("s2_l1c", "s2_l2a", "s1_grd", "dw_label", "multi_hot", "image_id", "acquired"):
+        np.testing.assert_array_equal(par[name][:][done], seq[name][:][done], err_msg=name)

@@ -36,10 +36,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import math
 import threading
 import time
 from typing import Callable, Iterator, Protocol
+
+log = logging.getLogger(__name__)
 
 RATE_SLACK = 0.05
 """A rate lease is held ``window_s · (1 + RATE_SLACK)``: covers the delay between grant and send and
@@ -180,7 +183,10 @@ class SlidingWindowRate:
                     self._cond.wait(wait)
                     continue
                 self._due.popleft()
-            self._sem.release()
+            try:
+                self._sem.release()
+            except Exception as err:  # noqa: BLE001 - the cluster is gone: its leases went with it
+                log.debug("rate lease not given back: %s: %s", type(err).__name__, err)
 
 
 # ----------------------------------------------------------------------------------------------- limiter
@@ -249,18 +255,35 @@ def request_limiter(name: str, max_concurrent: int, requests_per_second: float, 
     worker = _dask_worker()
     if worker is None:
         return local_limiter(max_concurrent, requests_per_second, window_s, **aimd)
+    key = (worker.scheduler.address, name, max_concurrent, rate_leases(requests_per_second, window_s), window_s)
+    with _CLUSTER_LOCK:
+        if key not in _CLUSTER:
+            _CLUSTER[key] = cluster_limiter(worker.scheduler, worker.loop, name, max_concurrent, requests_per_second,
+                                            window_s, **aimd)
+        return _CLUSTER[key]
+
+
+def cluster_limiter(scheduler_rpc, loop, name: str, max_concurrent: int, requests_per_second: float,
+                    window_s: float = 1.0, **aimd) -> RequestLimiter:
+    """A new limiter on the ``distributed.Semaphore`` pair of ``name`` (its own AIMD window).
+
+    Args:
+        scheduler_rpc: The scheduler's RPC handle (``worker.scheduler`` or ``client.scheduler``).
+        loop: The event loop that handle runs on (``worker.loop`` or ``client.loop``).
+        name: As in :func:`request_limiter`.
+        max_concurrent: As in :func:`request_limiter`.
+        requests_per_second: As in :func:`request_limiter`.
+        window_s: As in :func:`request_limiter`.
+        **aimd: As in :func:`request_limiter`.
+    """
     from distributed import Semaphore
 
     leases = rate_leases(requests_per_second, window_s)
-    key = (worker.scheduler.address, name, max_concurrent, leases, window_s)
-    with _CLUSTER_LOCK:
-        if key not in _CLUSTER:
-            sem = dict(scheduler_rpc=worker.scheduler, loop=worker.loop)
-            concurrency = Semaphore(max_leases=max_concurrent, name=f"{name}-inflight-{max_concurrent}", **sem)
-            rate = Semaphore(max_leases=leases, name=f"{name}-rate-{leases}per{window_s:g}s", **sem)
-            gate = AdaptiveGate(AIMDController(max_concurrent, cooldown_s=aimd.pop("cooldown_s", window_s), **aimd))
-            _CLUSTER[key] = RequestLimiter(concurrency, SlidingWindowRate(rate, window_s), gate, "cluster")
-        return _CLUSTER[key]
+    where = dict(scheduler_rpc=scheduler_rpc, loop=loop)
+    concurrency = Semaphore(max_leases=max_concurrent, name=f"{name}-inflight-{max_concurrent}", **where)
+    rate = Semaphore(max_leases=leases, name=f"{name}-rate-{leases}per{window_s:g}s", **where)
+    gate = AdaptiveGate(AIMDController(max_concurrent, cooldown_s=aimd.pop("cooldown_s", window_s), **aimd))
+    return RequestLimiter(concurrency, SlidingWindowRate(rate, window_s), gate, "cluster")
 
 
 def _dask_worker():
