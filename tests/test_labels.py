@@ -158,7 +158,7 @@ def test_label_vectors_rejects_bad_input():
 def test_comparison_and_bincount_counting_agree():
     """The two counting paths (comparisons for few classes, one bincount otherwise) give the same counts
     and name the same bad values."""
-    from pipeline.labels import _few_class_counts, _general_class_counts
+    from pipeline.labels.vectors import _few_class_counts, _general_class_counts
 
     rng = np.random.default_rng(0)
     for dtype in (np.uint8, np.int16, np.int64):

@@ -31,15 +31,22 @@ def _class_axis(ax, classes: tuple[str, ...], axis: str = "y") -> None:
         ax.set_xticks(np.arange(len(classes)), names, rotation=40, ha="right")
 
 
-@styled
 def class_frequency_figure(table: LabelTable):
     """Images per class (count and share of labelled images) and the labels-per-image histogram."""
-    c = ls.class_counts(table.multi_hot)
+    return draw_class_frequencies(ls.class_counts(table.multi_hot), table.classes, table.palette,
+                                  len(table.patch_id), table.multi_hot.shape[1])
+
+
+@styled
+def draw_class_frequencies(c: dict[str, Any], classes: tuple[str, ...], palette: list[str], n_locations: int,
+                           n_seasons: int):
+    """:func:`class_frequency_figure` from counts shaped as :func:`~pipeline.figures.label_stats.class_counts`
+    returns them, for callers that have counts but no label table (:mod:`pipeline.figures.summary_plots`)."""
     fig = new_figure(11, 4.2)
     ax, ax2 = fig.subplots(1, 2, width_ratios=[1.4, 1])
-    y = np.arange(len(table.classes))
-    ax.barh(y, c["counts"], color=table.palette, edgecolor="0.3", linewidth=0.5)
-    _class_axis(ax, table.classes)
+    y = np.arange(len(classes))
+    ax.barh(y, c["counts"], color=palette, edgecolor="0.3", linewidth=0.5)
+    _class_axis(ax, classes)
     ax.invert_yaxis()
     top = max(1, int(c["counts"].max(initial=0)))
     ax.set_xlim(0, top * 1.35)
@@ -50,8 +57,8 @@ def class_frequency_figure(table: LabelTable):
     ax2.bar(k, c["labels_per_image"], color="#5b7fa6", edgecolor="0.3", linewidth=0.5)
     ax2.set_xticks(k)
     ax2.set(xlabel="classes present in the image (0 = unlabelled)", ylabel="images", title="Labels per image")
-    fig.suptitle(f"{c['n_labelled']} labelled of {c['n_images']} images ({len(table.patch_id)} locations × "
-                 f"{table.multi_hot.shape[1]} seasons)")
+    fig.suptitle(f"{c['n_labelled']} labelled of {c['n_images']} images ({n_locations} locations × "
+                 f"{n_seasons} seasons)")
     return fig
 
 
@@ -71,19 +78,24 @@ def _matrix(ax, values: np.ndarray, counts: np.ndarray, classes: tuple[str, ...]
                     color="white" if dark else "black")
 
 
-@styled
 def cooccurrence_figure(table: LabelTable):
     """Co-occurrence: P(column | row) and PMI (log2 lift), so pairs of rare classes stay visible."""
-    c = ls.cooccurrence(table.multi_hot)
+    return draw_cooccurrence(ls.cooccurrence(table.multi_hot), table.classes)
+
+
+@styled
+def draw_cooccurrence(c: dict[str, Any], classes: tuple[str, ...]):
+    """:func:`cooccurrence_figure` from statistics shaped as :func:`~pipeline.figures.label_stats.cooccurrence`
+    returns them."""
     fig = new_figure(13, 5.8)
     ax1, ax2 = fig.subplots(1, 2)
-    _matrix(ax1, c["conditional"], c["counts"], table.classes, "viridis", 0.0, 1.0, ".2f",
+    _matrix(ax1, c["conditional"], c["counts"], classes, "viridis", 0.0, 1.0, ".2f",
             "P(column present | row present)", fig)
     ax1.set_title("Conditional co-occurrence")
     pmi = np.where(np.isneginf(c["pmi"]), np.nan, c["pmi"])
     finite = np.abs(pmi[np.isfinite(pmi)])
     lim = float(max(1.0, finite.max(initial=0)))
-    _matrix(ax2, pmi, c["counts"], table.classes, "RdBu_r", -lim, lim, "+.1f",
+    _matrix(ax2, pmi, c["counts"], classes, "RdBu_r", -lim, lim, "+.1f",
             "PMI = log2 P(i,j) / (P(i) P(j))  [bits]", fig)
     ax2.set_title("Lift as PMI (– : never together)")
     fig.suptitle(f"Class co-occurrence over {c['n_labelled']} labelled images")
