@@ -42,7 +42,7 @@ def test_repo_manifest_is_valid():
         ({"sampling": {"sigma_km": -1}}, "sampling.sigma_km: Input should be greater than 0"),
         ({"sampling": {"sigmakm": 3}}, "sampling.sigmakm: unknown key"),
         ({"colour": "blue"}, "colour: unknown key"),
-        ({"source": {"kind": "sentinelhub"}}, "source.kind: Input should be 'synthetic', 'local' or 'earthengine'"),
+        ({"source": {"kind": "sentinelhub"}}, "source.kind: Input should be 'synthetic', 'local', 'earthengine' or 'stac'"),
         ({"source": {"kind": "local"}}, "source: source.kind is 'local' but source.local (with root) is missing"),
         ({"modalities": {"s2_l2a": {"bands": ["B10"]}}}, "modalities: s2_l2a.bands: unknown band(s) ['B10']"),
         ({"cloud_filter": {"max_cloudy_pixel_percentage": 120}},

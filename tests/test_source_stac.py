@@ -24,7 +24,7 @@ from rasterio.io import MemoryFile
 from rasterio.shutil import copy as rio_copy
 from rasterio.transform import Affine, from_origin
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform as warp_transform, transform_bounds
+from rasterio.warp import reproject, transform as warp_transform, transform_bounds
 
 from archive_helpers import curate_all
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS
@@ -105,6 +105,15 @@ def vrt_read(href: str, band: int, grid: PatchGrid, resampling: Resampling, noda
                                                width=grid.size, height=grid.size, resampling=resampling,
                                                src_nodata=nodata, nodata=nodata) as vrt:
         return vrt.read(band)
+
+
+def warp_read(href: str, band: int, grid: PatchGrid, resampling: Resampling, nodata) -> np.ndarray:
+    """Reference: the whole band warped onto the grid with rasterio.warp.reproject."""
+    with rasterio.open(href) as src:
+        out = np.full((grid.size, grid.size), nodata, dtype=src.dtypes[band - 1])
+        reproject(rasterio.band(src, band), out, src_nodata=nodata, dst_transform=Affine(*grid.transform),
+                  dst_crs=grid.crs, dst_nodata=nodata, resampling=resampling)
+    return out
 
 
 def source_for(catalog: str, max_cloud: float = 20.0, **opts) -> StacSource:
@@ -215,7 +224,7 @@ def test_synthetic_selection_bands_and_values(synthetic):
     for k, band in enumerate(L2A):  # canonical order, each band equal to a WarpedVRT read of its own COG
         key = f"B{int(band[1:]):02d}" if band[1:].isdigit() else band
         method = Resampling.nearest if S2_RES[band] == 10 else Resampling.bilinear
-        np.testing.assert_array_equal(s2.data[k], vrt_read(href(item, key), 1, grid, method, 0), err_msg=band)
+        np.testing.assert_array_equal(s2.data[k], warp_read(href(item, key), 1, grid, method, 0), err_msg=band)
     # 10 m bands on the lattice are the file's pixels.
     col, row = int((grid.x0 - ORIGIN[0]) / 10), int((ORIGIN[1] - grid.y0) / 10)
     with rasterio.open(href(item, "B02")) as f:
@@ -517,7 +526,7 @@ def test_real_bigearthnet_bands_in_canonical_order(real):
             with rasterio.open(path) as f:
                 np.testing.assert_array_equal(s2.data[k], f.read(1)[12:108, 12:108], err_msg=band)
         else:
-            np.testing.assert_array_equal(s2.data[k], vrt_read(path, 1, grid, Resampling.bilinear, 0), err_msg=band)
+            np.testing.assert_array_equal(s2.data[k], warp_read(path, 1, grid, Resampling.bilinear, 0), err_msg=band)
     for k, pol in enumerate(("VV", "VH")):  # linear COG → dB again: the BigEarthNet dB values
         with rasterio.open(real["ben_s1"] / f"{real['ben_s1'].name}_{pol}.tif") as f:
             np.testing.assert_allclose(sample.images["s1_grd"].data[k], f.read(1)[12:108, 12:108], atol=1e-4)
@@ -538,7 +547,7 @@ def test_real_eolearn_cloud_filter_and_lulc_crosswalk(real):
     cog = pystac.read_file(real["catalog"])
     item = next(i for i in cog.get_items(recursive=True) if i.id == "s2_l1c_20150711")
     for k in range(13):  # multi-band asset: band k of the file is canonical band k (B8A after B8)
-        expected = vrt_read(item.assets["data"].get_absolute_href(), k + 1, grid, Resampling.bilinear, 0)
+        expected = warp_read(item.assets["data"].get_absolute_href(), k + 1, grid, Resampling.bilinear, 0)
         np.testing.assert_array_equal(img.data[k], expected, err_msg=MODALITY_BANDS["s2_l1c"][k])
     lulc = LandCoverLabels(Path(real["catalog"]).parents[1] / "eo_lulc.tif", "eolearn_lulc").label_map(grid)
     np.testing.assert_array_equal(sample.label.data, lulc.data)

@@ -36,18 +36,20 @@ cannot decode is :class:`~pipeline.sources.base.CorruptData`.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
 import re
 import urllib.error
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import CRSError, RasterioError
 from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject, transform_bounds
 from rasterio.windows import Window, from_bounds as window_from_bounds
 
@@ -74,6 +76,13 @@ RESAMPLING = {"bilinear": Resampling.bilinear, "nearest": Resampling.nearest, "c
               "mode": Resampling.mode}
 #: Code for "no land-cover pixel here" inside the warp.
 CODE_NODATA = -1
+
+
+def gdal_env(href: str, timeout_s: float = 60.0) -> Any:
+    """:data:`GDAL_OPTIONS` for a remote href (a no-op context for a local file, which needs none)."""
+    if "://" not in href or href.startswith("file://"):
+        return contextlib.nullcontext()
+    return rasterio.Env(**GDAL_OPTIONS, GDAL_HTTP_TIMEOUT=str(max(1, math.ceil(timeout_s))))
 
 
 def source_window(src: rasterio.io.DatasetReader, grid: PatchGrid) -> Window | None:
@@ -103,10 +112,32 @@ def same_lattice(src: rasterio.io.DatasetReader, grid: PatchGrid) -> bool:
             and math.isclose(t.a, grid.resolution, rel_tol=1e-9) and math.isclose(-t.e, grid.resolution, rel_tol=1e-9))
 
 
+def lattice_window(src: rasterio.io.DatasetReader, grid: PatchGrid) -> Window | None:
+    """The asset's window that *is* the patch (same CRS and pixel size, corner on a pixel corner, inside), or None."""
+    if not same_lattice(src, grid):
+        return None
+    t = src.transform
+    col, row = (grid.x0 - t.c) / t.a, (grid.y0 - t.f) / t.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    col, row = round(col), round(row)
+    if col < 0 or row < 0 or col + grid.size > src.width or row + grid.size > src.height:
+        return None
+    return Window(col, row, grid.size, grid.size)
+
+
 def warp_asset(href: str, band: int, grid: PatchGrid, dtype: str, nodata: float,
                prepare: Callable[[np.ndarray, float | None], np.ndarray], resampling: str,
-               copy_on_lattice: bool = True) -> np.ndarray:
+               copy_on_lattice: bool = True, timeout_s: float = 60.0, direct: bool = False) -> np.ndarray:
     """Band ``band`` of ``href`` on ``grid`` as ``dtype``; ``nodata`` where the asset has no valid pixel.
+
+    An asset on the grid's lattice that holds the whole patch (:func:`lattice_window`) is read as the
+    patch's window, pixel for pixel (what a ``nearest`` warp gives, without the warp); any other is
+    read around the footprint and warped (module docstring). With ``direct`` and a file already of
+    ``dtype`` (``prepare`` then only turns the asset's nodata into ``nodata``), a ``WarpedVRT`` warps
+    straight from the file (the asset's nodata, else ``nodata``, as source nodata; GDAL reads the
+    blocks it needs); otherwise the window is read, prepared and warped from memory with
+    :func:`rasterio.warp.reproject`.
 
     Args:
         href: The asset (local path or URL).
@@ -117,22 +148,32 @@ def warp_asset(href: str, band: int, grid: PatchGrid, dtype: str, nodata: float,
         prepare: ``(window values, asset nodata) → values of dtype`` (unit conversion, no-data marking).
         resampling: A key of :data:`RESAMPLING`.
         copy_on_lattice: Use ``nearest`` for an asset on the grid's lattice (:func:`same_lattice`).
+        timeout_s: GDAL's HTTP timeout for a remote href.
+        direct: ``prepare`` is the identity for a file of ``dtype`` apart from no-data (see above).
 
     Returns:
         The (size, size) array.
     """
-    out = np.full((grid.size, grid.size), nodata, dtype=dtype)
-    with rasterio.open(href) as src:
+    with gdal_env(href, timeout_s), rasterio.open(href) as src:
         if not 1 <= band <= src.count:
             raise CorruptData(f"{href}: band {band} requested, the file has {src.count}")
+        exact = lattice_window(src, grid) if copy_on_lattice else None
+        as_is = direct and np.dtype(src.dtypes[band - 1]) == np.dtype(dtype)
+        if exact is not None:
+            return prepare(src.read(band, window=exact), src.nodata)
         win = source_window(src, grid)
         if win is None:
             raise NoImageFound(f"{href} does not overlap the patch {grid.bounds} ({grid.crs})")
-        values = prepare(src.read(band, window=win), src.nodata)
-        t = src.transform
-        window_transform = t @ Affine.translation(win.col_off, win.row_off)
         method = Resampling.nearest if copy_on_lattice and same_lattice(src, grid) else RESAMPLING[resampling]
+        if as_is:
+            src_nodata = nodata if src.nodata is None else src.nodata
+            with WarpedVRT(src, crs=grid.crs, transform=Affine(*grid.transform), width=grid.size,
+                           height=grid.size, resampling=method, src_nodata=src_nodata, nodata=nodata) as vrt:
+                return vrt.read(band)
+        values = prepare(src.read(band, window=win), src.nodata)
+        window_transform = src.transform @ Affine.translation(win.col_off, win.row_off)
         src_crs = src.crs
+    out = np.full((grid.size, grid.size), nodata, dtype=dtype)
     reproject(source=values, destination=out, src_transform=window_transform, src_crs=src_crs,
               src_nodata=nodata, dst_transform=Affine(*grid.transform), dst_crs=grid.crs, dst_nodata=nodata,
               resampling=method)
@@ -144,7 +185,7 @@ def prepare_s2(values: np.ndarray, src_nodata: float | None) -> np.ndarray:
     """S2 DN as uint16 with the asset's no-data as 0."""
     if values.dtype.kind not in "ui":
         raise CorruptData(f"expected integer DN for Sentinel-2, found {values.dtype}")
-    out = np.clip(values, 0, 65535).astype(np.uint16, copy=False)
+    out = values if values.dtype == np.uint16 else np.clip(values, 0, 65535).astype(np.uint16)
     if src_nodata is not None and not math.isnan(src_nodata) and src_nodata != 0:
         out[values == src_nodata] = 0
     return out
@@ -175,21 +216,24 @@ def prepare_codes(values: np.ndarray, src_nodata: float | None) -> np.ndarray:
 
 
 def read_band(modality: str, href: str, band: int, grid: PatchGrid, resampling: str,
-              s1_linear: bool = True) -> np.ndarray:
+              s1_linear: bool = True, timeout_s: float = 60.0) -> np.ndarray:
     """One band of ``modality`` on the grid in the archive's dtype and unit."""
     if modality == "s1_grd":
         return warp_asset(href, band, grid, MODALITY_DTYPES[modality], np.nan,
-                          lambda v, nd: s1_to_db(v, nd, s1_linear), resampling)
-    return warp_asset(href, band, grid, MODALITY_DTYPES[modality], 0, prepare_s2, resampling)
+                          lambda v, nd: s1_to_db(v, nd, s1_linear), resampling, timeout_s=timeout_s)
+    return warp_asset(href, band, grid, MODALITY_DTYPES[modality], 0, prepare_s2, resampling, timeout_s=timeout_s,
+                      direct=True)
 
 
-def read_land_cover(href: str, grid: PatchGrid, crosswalk: str | None, resampling: str) -> np.ndarray:
+def read_land_cover(href: str, grid: PatchGrid, crosswalk: str | None, resampling: str,
+                    timeout_s: float = 60.0) -> np.ndarray:
     """The land-cover map on the grid as Dynamic World classes (uint8, 255 = no label).
 
     ``crosswalk`` names a crosswalk of :mod:`pipeline.crosswalks`, or is None for codes that already
     are DW classes (0–8; anything else → 255).
     """
-    codes = warp_asset(href, 1, grid, "int32", CODE_NODATA, prepare_codes, resampling, copy_on_lattice=False)
+    codes = warp_asset(href, 1, grid, "int32", CODE_NODATA, prepare_codes, resampling, copy_on_lattice=False,
+                       timeout_s=timeout_s)
     if crosswalk is None:
         return np.where((codes >= 0) & (codes < 9), codes, LABEL_NODATA).astype(np.uint8)
     return apply_crosswalk(codes, crosswalk)

@@ -34,7 +34,6 @@ from typing import Any, Callable
 
 import numpy as np
 import pystac
-import rasterio
 
 from pipeline.bands import MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.errors import BadInput
@@ -51,7 +50,7 @@ from pipeline.sources.base import (
 )
 from pipeline.sources.earthengine.source import _check_grid  # one grid check for both sources
 from pipeline.sources.earthengine.transport import TokenBucket, backoff_delay, call_with_retries
-from pipeline.sources.stac.reading import GDAL_OPTIONS, classify, read_band, read_land_cover
+from pipeline.sources.stac.reading import classify, read_band, read_land_cover
 from pipeline.sources.stac.search import (
     ApiCatalog,
     StaticCatalog,
@@ -147,12 +146,9 @@ class StacSource:
     # ------------------------------------------------------------------ requests
     def _call(self, fn: Callable[[], Any], context: str) -> Any:
         """``fn`` under the rate limit and the concurrency cap, typed errors, transient ones retried."""
-        timeout = str(max(1, int(math.ceil(self.options.request_timeout_s))))
-
         def attempt() -> Any:
             try:
-                with rasterio.Env(**GDAL_OPTIONS, GDAL_HTTP_TIMEOUT=timeout):
-                    return fn()
+                return fn()
             except Exception as err:  # noqa: BLE001 - typed below; programming errors pass unchanged
                 typed = classify(err, context)
                 if typed is None:
@@ -255,7 +251,8 @@ class StacSource:
             key, index = band_asset(item, bands[i], self.options.asset_keys)
             href = item.assets[key].href
             context = f"stac {name} {bands[i]} of {item.id} ({href}), {where}"
-            data[i] = self._call(lambda: read_band(name, href, index, grid, self.resampling, linear), context)
+            data[i] = self._call(lambda: read_band(name, href, index, grid, self.resampling, linear,
+                                                   self.options.request_timeout_s), context)
 
         self._map(read, len(bands))
         cloud = item.properties.get("eo:cloud_cover") if name.startswith("s2_") else None
@@ -273,7 +270,7 @@ class StacSource:
         item = self._signed(item)
         href = item.assets[landcover_asset(item, self.options.asset_keys)].href
         context = f"stac land cover {item.id} ({href}), {where}"
-        data = self._call(lambda: read_land_cover(href, grid, self.crosswalk, self.options.landcover_resampling),
-                          context)
+        data = self._call(lambda: read_land_cover(href, grid, self.crosswalk, self.options.landcover_resampling,
+                                                  self.options.request_timeout_s), context)
         return LabelMap(data=data, image_id=item.id, method=f"landcover:{collection}")
 
