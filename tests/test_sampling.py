@@ -16,6 +16,7 @@ from pipeline import sampling as S
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location, utm_epsg
 from pipeline.manifest import PatchConfig, SamplingConfig
+from pipeline.sampling.sampler import _resolve_within_batch
 
 PATCH = PatchConfig()
 
@@ -69,7 +70,7 @@ def test_within_batch_resolution_equals_sequential_greedy():
     lon, lat = rng.normal(5.0, 0.05, 600), rng.normal(45.0, 0.05, 600)
     xyz = S.lonlat_to_unit(lon, lat)
     chord = S.chord_for_distance(1.98)
-    keep, _ = S._resolve_within_batch(xyz, chord)
+    keep, _ = _resolve_within_batch(xyz, chord)
     ref = []
     for j in range(len(xyz)):
         if all(np.linalg.norm(xyz[j] - xyz[i]) >= chord for i in ref):
