@@ -15,7 +15,7 @@ from torch import nn
 
 import train.checkpoints as ck
 from pipeline.errors import BadInput
-from train.evaluate import features
+from train.evaluate import backbones, features
 from train.pretrain_config import PretrainConfig
 from train.pretrain_model import Branch, PretrainModel
 
@@ -120,7 +120,7 @@ def test_read_backbone_metadata_refuses_another_file(tmp_path):
 # ============================================================================ the backbone prefix
 def test_backbone_prefix_matches_the_model_and_is_defined_once(tmp_path):
     assert ck.PRETRAIN_BACKBONE_PREFIX == "model.branches.0.online.backbone."  # the stored file format
-    assert features.PRETRAIN_BACKBONE_PREFIX is ck.PRETRAIN_BACKBONE_PREFIX
+    assert backbones.PRETRAIN_BACKBONE_PREFIX is ck.PRETRAIN_BACKBONE_PREFIX  # what evaluation loads with
 
     cfg = PretrainConfig(proj_hidden=16, proj_out=8, pred_hidden=16, crop_size=32)
     bands = [f"B{i}" for i in range(3)]
