@@ -96,7 +96,14 @@ def _task_logger():
 
 @contextlib.contextmanager
 def source_slot(manifest: Manifest, shard: int):
-    """Hold one lease of the cluster-wide ``distributed.Semaphore`` of the manifest's source."""
+    """Hold one lease of the cluster-wide ``distributed.Semaphore`` of the manifest's source.
+
+    This bounds the *shard tasks* fetching at once (``compute.source_concurrency``). A source that
+    overlaps its requests bounds the *requests* on its own, cluster-wide too: Earth Engine takes a lease
+    of the ``softcon-earthengine-<project>-inflight-<n>`` and ``-rate-…`` semaphores per request (see
+    :mod:`pipeline.sources.ratelimit`), bound inside the shard task by
+    :func:`pipeline.curate.process_shard`; a few shards in parallel then keep the quota busy.
+    """
     from distributed import Semaphore, get_worker
 
     try:
