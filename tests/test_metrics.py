@@ -280,7 +280,7 @@ def test_ndcg_matches_sklearn():
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 6, 11, 12])
 def test_top_indices_tie_break(k):
-    from train.evaluate.metrics import _top_indices
+    from train.evaluate.metrics.retrieval import _top_indices
 
     rows = [
         [0.5, -0.0, 0.0, -0.5, 0.5, float("-inf"), -1.0, 1.0, -0.0, 1e-30, -1e-30, 0.25],
