@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import compute_dtype, fp32, fp32_forward
 from .contract import LossCall, LossContract, Online
+from .logits import compute_dtype, fp32, fp32_forward
 
 __all__ = ["BYOLLoss", "byol_regression"]
 

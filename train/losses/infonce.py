@@ -19,17 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import (
+from .contract import LossCall, LossContract, Online
+from .distributed import gather_with_grad, rank_offset
+from .logits import (
     check_positive,
-    flatten_views,
     fp32_forward,
-    gather_with_grad,
     masked_logits,
     mean_over_valid,
-    rank_offset,
     soft_target_nll,
 )
-from .contract import LossCall, LossContract, Online
+from .views import flatten_views
 
 __all__ = ["InfoNCELoss", "NTXentLoss", "diagonal_nll", "infonce_logits"]
 

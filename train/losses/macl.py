@@ -23,21 +23,23 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from .common import (
+from .contract import LossCall, LossContract, Online
+from .labels import (
     PositiveRule,
     binarize_labels,
-    check_positive,
     check_positive_rule,
-    flatten_views,
-    fp32_forward,
     label_intersection,
     label_jaccard,
+)
+from .logits import (
+    check_positive,
+    fp32_forward,
     masked_logits,
     mean_over_valid,
     soft_target_nll,
 )
-from .contract import LossCall, LossContract, Online
 from .supcon import positive_mask
+from .views import flatten_views
 
 __all__ = ["MACLLoss", "label_rarity"]
 

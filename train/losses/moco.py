@@ -18,16 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import (
-    check_positive,
-    compute_dtype,
-    fp32,
-    fp32_forward,
-    gather_no_grad,
-    soft_target_nll,
-)
 from .contract import LossCall, LossContract, Online
+from .distributed import gather_no_grad
 from .infonce import InfoNCELoss
+from .logits import check_positive, compute_dtype, fp32, fp32_forward, soft_target_nll
 
 __all__ = ["MemoryQueue", "MoCoV2Loss", "MoCoV3Loss"]
 

@@ -13,20 +13,17 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from .common import (
-    binarize_labels,
+from .contract import LossCall, LossContract, Online
+from .distributed import gather_no_grad, gather_with_grad, is_distributed
+from .labels import binarize_labels, to_label_matrix
+from .logits import (
     check_positive,
     compute_dtype,
     fp32_forward,
-    gather_no_grad,
-    gather_with_grad,
-    is_distributed,
     masked_logits,
     mean_over_valid,
     soft_target_nll,
-    to_label_matrix,
 )
-from .contract import LossCall, LossContract, Online
 from .moco import MemoryQueue
 
 __all__ = ["MulSupConLoss"]

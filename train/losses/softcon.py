@@ -22,22 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import (
-    LabelSimilarity,
+from .contract import LossCall, LossContract, Online
+from .distributed import gather_no_grad, gather_with_grad, is_distributed, rank_offset
+from .infonce import diagonal_nll
+from .labels import LabelSimilarity, label_similarity, to_label_matrix
+from .logits import (
     check_positive,
     cosine_matrix,
     fp32_forward,
-    gather_no_grad,
-    gather_with_grad,
-    is_distributed,
-    label_similarity,
     mean_over_valid,
-    rank_offset,
     soft_target_nll,
-    to_label_matrix,
 )
-from .contract import LossCall, LossContract, Online
-from .infonce import diagonal_nll
 
 __all__ = ["SoftConLoss", "SoftTerm", "soft_label_target"]
 

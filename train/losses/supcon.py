@@ -15,19 +15,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .common import (
-    MultiViewRows,
-    PositiveRule,
+from .contract import LossCall, LossContract, Online
+from .labels import PositiveRule, check_positive_rule, label_positive_mask
+from .logits import (
     check_positive,
-    check_positive_rule,
-    flatten_views,
     fp32_forward,
-    label_positive_mask,
     masked_logits,
     mean_over_valid,
     soft_target_nll,
 )
-from .contract import LossCall, LossContract, Online
+from .views import MultiViewRows, flatten_views
 
 __all__ = ["SupConLoss", "positive_mask"]
 

@@ -15,18 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import (
-    PositiveRule,
-    check_positive,
-    check_positive_rule,
-    compute_dtype,
-    flatten_views,
-    fp32,
-    fp32_forward,
-    label_positive_mask,
-    mean_over_valid,
-)
 from .contract import LossCall, LossContract, Online
+from .labels import PositiveRule, check_positive_rule, label_positive_mask
+from .logits import check_positive, compute_dtype, fp32, fp32_forward, mean_over_valid
+from .views import flatten_views
 
 __all__ = ["TripletLoss", "pairwise_distance"]
 
