@@ -42,7 +42,6 @@ from pipeline.sources.synthetic.fields import (
     zoom_to,
 )
 
-
 # --------------------------------------------------------------------------- the static world
 #: Kinds of open water kept in :attr:`World.water_kind` (where two overlap, sea > river > lake).
 WATER_NONE, WATER_LAKE, WATER_RIVER, WATER_SEA = 0, 1, 2, 3

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.archive import Archive
 from pipeline.bands import DW_CLASSES
+from pipeline.reference import REFERENCE, product_classes, product_variables
 from pipeline.store import STATUS_DONE, ArchiveLayout
 from train.evaluate.tasks.bands import assemble_bands, missing_band_fill
 from train.evaluate.tasks.base import EvalTask
@@ -32,6 +33,10 @@ def archive_split_patch_ids(store: str | os.PathLike | Archive, name: str,
     return [ids[i] for i in archive.split_patches(name)]
 
 
+#: What an :class:`ArchiveTask` item's label is (see the class docstring).
+TARGETS = ("multi_hot", "dominant", "reference")
+
+
 class ArchiveTask(EvalTask):
     """The curated Zarr archive (:mod:`pipeline.store`) as a downstream task.
 
@@ -49,7 +54,12 @@ class ArchiveTask(EvalTask):
     ``groups`` (one int per item): the location (patch) index, for resampling by location.
 
     ``target="multi_hot"`` gives the Dynamic World presence vector (float32, 9 classes);
-    ``target="dominant"`` the class with the largest ``label_fraction`` (first on ties) as an int.
+    ``target="dominant"`` the class with the largest ``label_fraction`` (first on ties) as an int;
+    ``target="reference"`` the presence vector of the archive's reference land-cover product
+    (``reference_multi_hot``, :mod:`pipeline.reference`; the synthetic source's 19 CORINE-like
+    classes, a nomenclature pretraining never sees), on the same items as ``multi_hot`` (so both
+    targets score the same images). An archive without that product raises
+    :class:`~pipeline.errors.BadInput`.
     ``modality`` is read from the archive; ``s2_l1c`` falls back to ``s2_l2a`` with ``B10`` filled
     (``missing_fill``) and ``s2_l2a`` to ``s2_l1c`` without ``B10`` when only the other is stored.
     Ids are ``<patch_id>_s<season>``.
@@ -66,12 +76,12 @@ class ArchiveTask(EvalTask):
 
         if split not in SPLIT_CODES:
             raise ValueError(f"split must be one of {sorted(SPLIT_CODES, key=SPLIT_CODES.get)}, got {split!r}")
-        if target not in ("multi_hot", "dominant"):
-            raise ValueError(f"target must be 'multi_hot' or 'dominant', got {target!r}")
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         self.archive = Archive.of(store, storage_options)
         self.store, self.storage_options = self.archive.path, self.archive.storage_options
         self.split, self.target = split, target
-        self.multilabel = target == "multi_hot"
+        self.multilabel = target != "dominant"
         self.fill = missing_band_fill(missing_fill)
         codes, record = self.archive.require_split()
         #: The archive's split record (``pipeline.split``); its hash is part of the feature-cache key.
@@ -88,11 +98,24 @@ class ArchiveTask(EvalTask):
         self._multi_hot = np.asarray(group["multi_hot"][:])
         self._fraction = np.asarray(group["label_fraction"][:])
         labelled = self._multi_hot.any(axis=-1) & (status == STATUS_DONE)[:, None]  # (P, S)
+        if target == "reference":
+            self.classes, self._multi_hot = self._reference(group)
+            labelled &= self._multi_hot.any(axis=-1)
         #: Patch (location) indices of this split with at least one labelled season, sorted.
         self.locations = np.flatnonzero(labelled.any(axis=1) & (codes == SPLIT_CODES[split]))
         items = [(int(p), int(s)) for p in self.locations for s in np.flatnonzero(labelled[p])]
         self._set_items(items)
         self._array = None
+
+    def _reference(self, group) -> tuple[tuple[str, ...], np.ndarray]:
+        """The reference product's class names and multi-hot array (BadInput when the archive has none)."""
+        from pipeline.errors import BadInput
+
+        classes = product_classes(group, REFERENCE)
+        if classes is None:
+            raise BadInput(f"{self.store}: the archive has no reference land-cover product (reference_multi_hot); "
+                           "only archives curated from the synthetic source carry one")
+        return classes, np.asarray(group[product_variables(REFERENCE)[1]][:])
 
     @property
     def groups(self) -> np.ndarray:
