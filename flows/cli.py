@@ -478,5 +478,30 @@ def stats(
     console.print(f"splits: {used} ({st.n_patches} patches) → {out}")
 
 
+@app.command()
+def study(
+    config: Optional[Path] = typer.Argument(None, help="study YAML (default: the preset's configs/study_<preset>.yaml)"),
+    preset: Optional[str] = typer.Option(None, help="cpu | gpu: run the shipped config instead of CONFIG"),
+    report_only: bool = typer.Option(False, help="only rewrite the report from what the study has done so far"),
+) -> None:
+    """Compare the pretraining losses: curate, pretrain every method × seed, evaluate, write docs/study.md.
+
+    Resumable: a rerun continues where a killed study stopped. Example: softcon study --preset cpu
+    """
+    _offline_defaults()
+    from train.study import load_study_config, run_study, study_config_path
+    from train.study.report import write_study_report
+
+    path = study_config_path(config, preset)
+    cfg = load_study_config(path)
+    command = f"softcon study {path}" if config is not None else f"softcon study --preset {preset or 'cpu'}"
+    if report_only:
+        console.print(f"report: {write_study_report(cfg, command=command)}")
+        return
+    summary = run_study(cfg, say=console.print, command=command)
+    console.print(f"{summary['units']} (method, seed) units in {summary['seconds'] / 60:.1f} min; "
+                  f"report: {summary['report']}")
+
+
 if __name__ == "__main__":
     app()
