@@ -86,7 +86,12 @@ class PeakRss:
         self._thread.join()
 
 
-def manifest_for(store: Path, n: int, args, workers: int, **earthengine):
+def _threads(workers: int) -> int:
+    """Worker threads such that the cluster runs ``source_concurrency`` (4) shard tasks at once."""
+    return max(1, 4 // workers)
+
+
+def manifest_for(store: Path, n: int, args, workers: int, patches_per_shard: int | None = None, **earthengine):
     from pipeline.manifest import Manifest
 
     scale = args.time_scale
@@ -97,8 +102,9 @@ def manifest_for(store: Path, n: int, args, workers: int, **earthengine):
             "rate_window_s": scale, **earthengine}},
         "sampling": {"n_locations": n, "seed": 11},
         "patch": {"size_px": args.size},
-        "store": {"path": str(store), "patches_per_shard": args.patches_per_shard},
-        "compute": {"n_workers": workers, "threads_per_worker": 2, "source_concurrency": 4, "retries": 2},
+        "store": {"path": str(store), "patches_per_shard": patches_per_shard or args.patches_per_shard},
+        "compute": {"n_workers": workers, "threads_per_worker": _threads(workers), "source_concurrency": 4,
+                    "retries": 2},
     })
 
 
@@ -109,7 +115,7 @@ def run(name: str, manifest, url: str, workers: int, args) -> dict:
     from flows.curate import curate_manifest
 
     reset_server(url)
-    with LocalCluster(n_workers=workers, threads_per_worker=2, processes=True, memory_limit="4GiB",
+    with LocalCluster(n_workers=workers, threads_per_worker=_threads(workers), processes=True, memory_limit="4GiB",
                       dashboard_address=None) as cluster, Client(cluster) as client:
         client.register_plugin(_UseSimulator(url), name="ee-simulator")
         with PeakRss() as rss:
@@ -168,7 +174,7 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.5, help="log-normal sigma of the latencies")
     parser.add_argument("--fault-rate", type=float, default=0.01, help="share of admitted calls answered 503")
     parser.add_argument("--size", type=int, default=32, help="patch size of the archive (px; latency is modelled)")
-    parser.add_argument("--patches-per-shard", type=int, default=8)
+    parser.add_argument("--patches-per-shard", type=int, default=16)
     parser.add_argument("--no-overload", action="store_true", help="skip the over-quota (AIMD) run")
     args = parser.parse_args()
 
@@ -188,7 +194,8 @@ def main() -> None:
             m = manifest_for(tmp / f"concurrent{w}.zarr", args.patches, args, w)
             lines.append(report(run(f"concurrent, {w} worker process(es)", m, url, w, args)))
             print(lines[-1], flush=True)
-        m = manifest_for(tmp / "baseline.zarr", args.baseline_patches, args, 2, concurrent_fetches=1)
+        m = manifest_for(tmp / "baseline.zarr", args.baseline_patches, args, 2,  # 4 shards, all at once
+                         patches_per_shard=max(1, args.baseline_patches // 4), concurrent_fetches=1)
         base = run("baseline (sequential per shard, 4 shards at once)", m, url, 2, args)
         lines.append(report(base))
         print(lines[-1], flush=True)
