@@ -8,6 +8,9 @@
 * :mod:`.gallery` — S2 true/false colour, S1 composite, DW map; :func:`find_patches`.
 * :mod:`.published` — published SSL4EO-S12-ML labels against the archive's own.
 * :mod:`.render` — :func:`render_label_figures`, what ``softcon plot labels`` writes.
+* :mod:`.summary_plots` — class frequencies and co-occurrence from :func:`pipeline.labels.summary_statistics`
+  (the curation report), drawn by :mod:`.label_plots`.
+* :mod:`.locations` — :func:`~pipeline.figures.locations.plot_locations`, the world map of sampled locations.
 """
 
 from pipeline.figures.gallery import (

@@ -1,27 +1,8 @@
 """Shared building blocks for every loss in :mod:`train.losses` (this module re-exports them).
 
-All contrastive losses of this package are written as one shared step (a
-"target similarity matrix" per anchor): build a logits matrix between
-*anchors* (rows) and *keys* (columns) with :func:`masked_logits`, build a
-non-negative *target matrix* ``T`` of the same shape, and take
-
-    loss_i = - sum_j  t_ij * log softmax_j(logits_i)          (soft_target_nll)
-
-where ``t_ij = T_ij / sum_k T_ik`` when the rows are normalised.  InfoNCE uses
-the identity target, SupCon a uniform target over the positive set, SoftCon a
-target built from label similarity, MACL a rarity-weighted target over
-positives, MulSupCon a per-label-normalised (unnormalised-row) target.
-
-Numerics (our conventions):
-
-* logits are always computed in at least float32, with autocast disabled,
-  from L2-normalised embeddings (``cos / tau``);
-* the self-pair is masked with a large *finite* negative number (``NEG_LOGIT``,
-  the SimCLR convention) instead of ``-inf`` so that a fully masked row never
-  produces NaN; ``log_softmax`` subtracts the row max internally;
-* anchors whose target row is empty (no positive) are excluded from the mean;
-  if no anchor is valid the loss is an exact zero that is still attached to the
-  graph (so DDP sees every parameter used).
+All contrastive losses of this package are written as one shared step (logits between anchors
+and keys, a non-negative target matrix, a soft-target cross-entropy) with common numerics: both are
+described in :mod:`train.losses.logits`.
 
 Distributed convention (used by every loss that takes ``gather_distributed``):
 
@@ -34,6 +15,7 @@ Distributed convention (used by every loss that takes ``gather_distributed``):
   (:func:`mean_over_valid`), so the *mean of the rank losses* equals the
   single-process loss on the concatenated batch, and DDP's gradient averaging
   yields exactly the gradient of that single-process loss.  On each rank the
+  gradient w.r.t. its local embeddings is ``W`` times the single-process one.
 
 Where they live:
 
