@@ -8,7 +8,7 @@ every other :class:`SourceError` is recorded as a failed patch with its reason.
 
 Retries, one layer per concern (the whole picture is in ``docs/architecture.md``): a source that
 talks to a service retries its own requests and says so with ``retries_requests = True`` (Earth
-Engine: :func:`pipeline.sources.earthengine.transport.call_with_retries`); for every other source
+Engine, STAC: :func:`pipeline.sources.requests.call_with_retries`); for every other source
 :func:`pipeline.curate.fetch_with_retries` is that request layer. Either way a transient error is
 retried once per request, never by two layers.
 """

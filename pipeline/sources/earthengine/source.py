@@ -20,7 +20,6 @@ of a season runs one after another (the former behaviour). The queries are built
 
 from __future__ import annotations
 
-import math
 import random
 import threading
 import time
@@ -37,7 +36,6 @@ from pipeline.manifest import EarthEngineSourceOptions
 from pipeline.seasons import SeasonWindow
 from pipeline.sources.base import (
     CorruptData,
-    InvalidGeometry,
     LabelMap,
     ModalityImage,
     NoImageFound,
@@ -45,7 +43,12 @@ from pipeline.sources.base import (
     check_modalities,
 )
 from pipeline.sources.earthengine.auth import auth_kind, initialize_earth_engine
-from pipeline.sources.earthengine.planning import MAX_REQUEST_BYTES, pixel_request, plan_requests, to_band_array
+from pipeline.sources.earthengine.planning import (
+    MAX_REQUEST_BYTES,
+    pixel_request,
+    plan_requests,
+    to_band_array,
+)
 from pipeline.sources.earthengine.queries import (
     DYNAMIC_WORLD,
     EE_RESAMPLING,
@@ -69,6 +72,7 @@ from pipeline.sources.earthengine.transport import (
     call_with_retries,
 )
 from pipeline.sources.ratelimit import RequestLimiter, request_limiter
+from pipeline.sources.requests import check_grid
 
 _S2_MODALITIES = ("s2_l1c", "s2_l2a")
 
@@ -249,7 +253,7 @@ class EarthEngineSource:
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
         check_modalities(modalities)
-        _check_grid(grid, location)
+        check_grid(grid, location)
         if not self._initialized:
             self.initialize()
 
@@ -333,12 +337,3 @@ class EarthEngineSource:
         if not valid.all():
             raise CorruptData(f"earthengine dw pixels, {where}: label values outside 0..8 and {LABEL_NODATA}")
         return LabelMap(data=data, image_id=image_id, method=method), extra
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _check_grid(grid: PatchGrid, location: Location) -> None:
-    values = (grid.x0, grid.y0, grid.resolution)
-    if not all(math.isfinite(v) for v in values) or grid.resolution <= 0 or grid.size <= 0:
-        raise InvalidGeometry(f"location {location.id}: invalid patch grid {grid}")
-    if not (1024 <= grid.epsg <= 32767):
-        raise InvalidGeometry(f"location {location.id}: invalid EPSG code {grid.epsg}")

@@ -51,7 +51,8 @@ from rasterio.errors import CRSError, RasterioError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import reproject, transform_bounds
-from rasterio.windows import Window, from_bounds as window_from_bounds
+from rasterio.windows import Window
+from rasterio.windows import from_bounds as window_from_bounds
 
 from pipeline.bands import LABEL_NODATA, MODALITY_DTYPES
 from pipeline.crosswalks import apply_crosswalk
@@ -63,7 +64,7 @@ from pipeline.sources.base import (
     SourceError,
     TransientSourceError,
 )
-from pipeline.sources.earthengine.transport import clip
+from pipeline.sources.requests import clip
 
 #: Source pixels read around the patch footprint (support of bilinear and cubic kernels).
 MARGIN_PX = 3

@@ -10,8 +10,8 @@ map when the collection has no map covering the patch).
 
 **Requests.** Each search (one page of up to 100 items), catalog walk and asset read is one request:
 it takes a token of a ``requests_per_second`` bucket and a ``max_concurrent_requests`` slot
-(:class:`~pipeline.sources.earthengine.transport.TokenBucket` and the retry loop
-:func:`~pipeline.sources.earthengine.transport.call_with_retries`, shared with the Earth Engine
+(:class:`~pipeline.sources.requests.TokenBucket` and the retry loop
+:func:`~pipeline.sources.requests.call_with_retries`, shared with the Earth Engine
 source), and a transient failure (:func:`~pipeline.sources.stac.reading.classify`) is retried
 ``retries`` times with exponential backoff and jitter before ``TransientSourceError``. The source
 says so with ``retries_requests = True``, so curation does not retry it a second time; pystac-client
@@ -48,8 +48,12 @@ from pipeline.sources.base import (
     SeasonSample,
     check_modalities,
 )
-from pipeline.sources.earthengine.source import _check_grid  # one grid check for both sources
-from pipeline.sources.earthengine.transport import TokenBucket, backoff_delay, call_with_retries
+from pipeline.sources.requests import (
+    TokenBucket,
+    backoff_delay,
+    call_with_retries,
+    check_grid,
+)
 from pipeline.sources.stac.reading import classify, read_band, read_land_cover
 from pipeline.sources.stac.search import (
     ApiCatalog,
@@ -212,7 +216,7 @@ class StacSource:
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
         check_modalities(modalities)
-        _check_grid(grid, location)
+        check_grid(grid, location)
         footprint = patch_footprint(grid)
         where = f"location {location.id} season {window.season} ({window.start}..{window.end})"
         order = [m for m in MODALITY_BANDS if m in modalities]
