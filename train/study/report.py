@@ -119,6 +119,19 @@ def _smoke_table(cfg: StudyConfig) -> str:
     return "\n".join(rows) if len(rows) > 2 else "(no smoke checks configured or run)"
 
 
+def taxonomy_table() -> str:
+    """The reference mapping (world variables → classes) as Markdown, from its module's docstring table."""
+    from pipeline.sources.synthetic import reference
+
+    lines = [line for line in (reference.__doc__ or "").splitlines() if line.strip() and line[:5].strip().isdigit()]
+    rows = ["| id | class | world variables |", "|---|---|---|"]
+    for line in lines:
+        ident, rest = line.split(None, 1)
+        name, rule = rest[:23].strip(), rest[23:].strip()
+        rows.append(f"| {ident} | {name} | {rule.replace('``', '`')} |")
+    return "\n".join(rows)
+
+
 def _timing_table(timings: Timings) -> str:
     phases = ["curation", "pretrain", "eval", "similarity", "smoke", "report"]
     lines = ["| phase | minutes |", "|---|---|"]
@@ -192,6 +205,10 @@ def write_study_report(cfg: StudyConfig, command: str | None = None) -> Path:
             md += [f"Rare AP averages the per-class AP of the rarest training classes: {rare}.", ""]
     if bar:
         md += [f"![headline metrics]({rel(bar)})", ""]
+    md += ["## The reference land cover (transfer task)", "",
+           "A second, finer product of the synthetic world (`pipeline.sources.synthetic.reference`), written into "
+           "the archive as `reference_fraction` / `reference_multi_hot` and never read by pretraining. First "
+           "matching row wins:", "", taxonomy_table(), ""]
     md += ["## Mechanism: label similarity vs embedding similarity", "",
            "SoftCon's soft target asks embedding similarity to follow label similarity; instance contrast does not. "
            "Spearman's ρ over random test pairs of different locations (mean over seeds):", ""]

@@ -73,7 +73,7 @@ def study_manifest(cfg: StudyConfig):
         raise BadInput(f"archive.manifest: {spec.manifest} curates from {base.source.kind!r}; the study needs the "
                        "synthetic source (its reference land cover is the transfer task)")
     data = base.model_dump(mode="json")
-    data["name"] = f"{cfg.name}-archive"
+    data["name"] = "study-archive"  # not the study's name: studies with the same archive keys share one
     data["source"]["synthetic"]["seed"] = spec.world_seed
     data["sampling"].update(n_locations=spec.n_locations, seed=spec.sampling_seed)
     data["patch"]["size_px"] = spec.size_px
