@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: run test venv clean figures study
+.PHONY: run test venv clean figures study lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/softcon curate $(MANIFEST)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)

@@ -92,7 +92,8 @@ def bench_writes(tmp: Path, n_patches: int, size: int) -> tuple[float, str]:
     for name in [*layout.modalities, *PATCH_VARIABLES, "status_reason", "status"]:
         a = group[name]
         arrays[name] = plain.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards,
-                                          compressors=compressors_for(manifest.store.compressor) if a.shards else "auto",
+                                          compressors=(compressors_for(manifest.store.compressor) if a.shards
+                                                       else "auto"),
                                           fill_value=a.fill_value)
     t0 = time.perf_counter()
     for rs in shards:

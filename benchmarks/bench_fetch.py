@@ -39,7 +39,6 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import zarr  # noqa: E402
 from distributed import WorkerPlugin  # noqa: E402
-
 from ee_simulator import LatencyModel, Quota, reset_server, server_stats, start_server  # noqa: E402
 
 SSL4EO_LOCATIONS = 251_079
@@ -201,8 +200,8 @@ def main() -> None:
         print(lines[-1], flush=True)
         if not args.no_overload:
             m = manifest_for(tmp / "overload.zarr", args.overload_patches, args, 2, max_concurrent_requests=80)
-            m = m.model_copy(update={"source": m.source.model_copy(update={"earthengine": m.source.earthengine.model_copy(
-                update={"requests_per_second": 200 / args.time_scale})})})
+            ee_opts = m.source.earthengine.model_copy(update={"requests_per_second": 200 / args.time_scale})
+            m = m.model_copy(update={"source": m.source.model_copy(update={"earthengine": ee_opts})})
             lines.append(report(run("over-quota client (80 concurrent, 200 req/s configured), 2 workers", m, url, 2,
                                     args)))
             print(lines[-1], flush=True)

@@ -78,7 +78,8 @@ def write_geotiffs(store: Path, root: Path) -> list[Path]:
 
 class GeoTiffDataset(Dataset):
     """The original-style reader: per sample, the 13 band files of each of ``groups[i]``'s season
-    folders, each band resampled to ``size`` bilinear; (n_seasons, 13, size, size) float32."""
+    folders, each band resampled to ``size`` bilinear; (n_seasons, 13, size, size) float32.
+    """
 
     def __init__(self, groups: list[list[Path]], size: int):
         self.groups, self.size = groups, size
@@ -99,7 +100,8 @@ class GeoTiffDataset(Dataset):
 
 def samples_per_second(loaders: dict[str, object], repeats: int) -> dict[str, float]:
     """Best samples/s of each loader over ``repeats`` passes, the loaders' passes interleaved (so a
-    change in machine load hits all of them alike), after one warm-up pass each."""
+    change in machine load hits all of them alike), after one warm-up pass each.
+    """
     for loader in loaders.values():  # warm-up: worker start, page cache, lazy imports
         for _ in loader:
             pass
@@ -155,7 +157,8 @@ def main(argv: list[str] | None = None) -> float:
         same_images = []  # exactly what one of our samples reads: its image, plus another season when seasonal
         for folder in folders:
             others = [f for f in by_location[folder.parent.name] if f != folder]
-            same_images.append([folder, others[rng.integers(len(others))]] if args.view_mode == "seasonal" else [folder])
+            pair = [folder, others[rng.integers(len(others))]] if args.view_mode == "seasonal" else [folder]
+            same_images.append(pair)
         for name, groups in (("location", list(by_location.values())), ("same-images", same_images)):
             loaders[name] = DataLoader(GeoTiffDataset(groups, args.size), batch_size=args.batch_size, shuffle=True,
                                        num_workers=args.workers, generator=torch.Generator().manual_seed(0))

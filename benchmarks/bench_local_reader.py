@@ -35,8 +35,6 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-REPO = Path(__file__).resolve().parents[1]
-
 from pipeline.bands import MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
 from pipeline.manifest import SeasonsConfig
@@ -49,6 +47,7 @@ from pipeline.sources.ssl4eo_local import (
     list_local_locations,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE = 264
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "ssl4eo_s12"
 

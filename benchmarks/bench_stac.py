@@ -36,7 +36,8 @@ import shapely
 from rasterio.enums import Resampling
 from rasterio.transform import Affine, from_origin
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform as warp_transform, transform_bounds
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_bounds
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -148,7 +149,8 @@ def main() -> None:
                                      read_threads=threads,
                                      collections={"s2_l2a": "s2l2a", "s1_grd": "s1rtc", "landcover": None})
             sources[threads] = StacSource(opts, 20.0)
-        runs = {"bare": lambda: bare(patches)} | {f"stac{t}": (lambda s=s: ours(s, patches)) for t, s in sources.items()}
+        runs = {"bare": lambda: bare(patches)}
+        runs |= {f"stac{t}": (lambda s=s: ours(s, patches)) for t, s in sources.items()}
         best = {name: float("inf") for name in runs}
         for r in range(args.repeats + 1):
             for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):

@@ -246,7 +246,8 @@ class SimTransport:
 
 def offline_earth_engine() -> None:
     """Initialise earthengine-api without network: its bundled algorithm table (``ee.apitestcase``), as the
-    library's own tests do. Internal names of earthengine-api 1.7.x; for benchmarks and tests only."""
+    library's own tests do. Internal names of earthengine-api 1.7.x; for benchmarks and tests only.
+    """
     import ee
     from ee import apitestcase
 

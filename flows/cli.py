@@ -158,7 +158,8 @@ app.command()(cli_archive.stats)
 
 @app.command()
 def study(
-    config: Optional[Path] = typer.Argument(None, help="study YAML (default: the preset's configs/study_<preset>.yaml)"),
+    config: Optional[Path] = typer.Argument(
+        None, help="study YAML (default: the preset's configs/study_<preset>.yaml)"),
     preset: Optional[str] = typer.Option(None, help="cpu | gpu: run the shipped config instead of CONFIG"),
     report_only: bool = typer.Option(False, help="only rewrite the report from what the study has done so far"),
 ) -> None:

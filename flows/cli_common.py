@@ -1,5 +1,6 @@
 """What the ``softcon`` commands share: the console, the global options, offline defaults and the checks
-of a manifest or an archive given on the command line (:mod:`flows.cli` and the command modules)."""
+of a manifest or an archive given on the command line (:mod:`flows.cli` and the command modules).
+"""
 
 from __future__ import annotations
 

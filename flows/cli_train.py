@@ -22,7 +22,9 @@ def evaluate(
     checkpoints: list[str] = typer.Argument(..., help="run folders, weight files, 'random:<arch>' or 'pixels'"),
     task: str = typer.Option(..., help="archive | bigearthnet_v1 | bigearthnet_v2 | eurosat"),
     opt: list[str] = typer.Option([], help="task reader option key=value, repeatable (e.g. store=..., root=...)"),
-    protocol: list[str] = typer.Option(["linear", "logistic", "knn", "retrieval"], help="linear (AdamW probe) | logistic (C chosen on val, refit on train+val) | knn | retrieval | finetune"),
+    protocol: list[str] = typer.Option(
+        ["linear", "logistic", "knn", "retrieval"],
+        help="linear (AdamW probe) | logistic (C chosen on val, refit on train+val) | knn | retrieval | finetune"),
     fraction: Optional[float] = typer.Option(None, help="training subset, e.g. 0.1 for BigEarthNet-10%"),
     seed: list[int] = typer.Option([0], help="evaluation seed; repeat it (--seed 0 --seed 1 --seed 2) for mean ± std"),
     out: Path = typer.Option(Path("output/eval"), help="folder for results.json, results.md and plots"),

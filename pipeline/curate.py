@@ -127,7 +127,8 @@ def pending_shards(manifest: Manifest, layout: ArchiveLayout, retry_failed: bool
 
 def request_retries(source: Source, retries: int) -> int:
     """How often :func:`fetch_with_retries` retries a fetch of ``source``: ``retries``, or 0 for a source
-    that retries its own requests (``retries_requests = True``, see :mod:`pipeline.sources.base`)."""
+    that retries its own requests (``retries_requests = True``, see :mod:`pipeline.sources.base`).
+    """
     return 0 if getattr(source, "retries_requests", False) else retries
 
 
@@ -197,7 +198,8 @@ class PendingPatch:
 
 def start_patch(source: Source, manifest: Manifest, location: Location, pool: Executor | None = None) -> PendingPatch:
     """Start fetching the seasons of one location: submitted to ``pool`` at once, or (no pool) left to
-    :func:`finish_patch` to fetch one after another, stopping at the first failing season as before."""
+    :func:`finish_patch` to fetch one after another, stopping at the first failing season as before.
+    """
     modalities = manifest.modalities.selected()
     grid = PatchGrid.for_location(location, manifest.patch.size_px, manifest.patch.resolution_m,
                                   manifest.patch.lattice_m)
@@ -213,7 +215,8 @@ def start_patch(source: Source, manifest: Manifest, location: Location, pool: Ex
 
 def finish_patch(pending: PendingPatch, thresholds: tuple[float, float]) -> PatchResult:
     """Assemble a patch from its seasons in season order; the first failing season (in that order, whatever
-    order the answers came in) gives the failed result, exactly as fetching them one after another."""
+    order the answers came in) gives the failed result, exactly as fetching them one after another.
+    """
     source, manifest, location = pending.source, pending.manifest, pending.location
     modalities = manifest.modalities.selected()
     S, M, H = len(pending.windows), len(MODALITY_ORDER), manifest.patch.size_px
@@ -370,7 +373,8 @@ def mark_shard_failed(manifest: Manifest, layout: ArchiveLayout, shard: int, err
 
 def record_curated_labels(manifest: Manifest) -> None:
     """After a run curated new patches: when the archive's labels had been imported (published labels),
-    record that the new patches carry labels computed from their maps (one writer: the flow, after its shards)."""
+    record that the new patches carry labels computed from their maps (one writer: the flow, after its shards).
+    """
     group = Archive.from_manifest(manifest).open("r+")
     record = read_label_provenance(group)
     if record and record.get("source") == "published":

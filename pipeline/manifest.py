@@ -1,7 +1,7 @@
 """The declarative dataset definition (``data_manifest.yaml``) as a validated pydantic model.
 
-Defaults reproduce SSL4EO-S12 (Wang et al., arXiv:2211.07044, and its downloader script): cities as centres, Gaussian offsets
-with σ = 50 km, a 1.98 km minimum distance, four seasonal 30-day windows around the 2020/21
+Defaults reproduce SSL4EO-S12 (Wang et al., arXiv:2211.07044, and its downloader script): cities as
+centres, Gaussian offsets with σ = 50 km, a 1.98 km minimum distance, four seasonal 30-day windows around the 2020/21
 equinoxes and solstices with a per-location random shift, S2 L1C/L2A filtered at 20 % cloudy
 pixels, S1 GRD VV+VH, 264 px patches at 10 m. Unknown keys are errors everywhere.
 
@@ -299,7 +299,8 @@ class LabelsConfig(_Strict):
 class CompressorConfig(_Strict):
     """Chunk compression. Default: Blosc LZ4 with byte shuffle: chunks decode about 1.8× faster than
     Blosc Zstd level 3 (1.4 vs 2.5 ms per 13-band 264 px chunk, measured here) for about 18 % more disk,
-    which suits training-time random reads; ``cname: zstd`` favours size."""
+    which suits training-time random reads; ``cname: zstd`` favours size.
+    """
 
     codec: Literal["blosc", "zstd", "none"] = "blosc"
     cname: Literal["lz4", "zstd", "lz4hc", "zlib"] = "lz4"
@@ -355,7 +356,8 @@ class EvaluateHook(_Strict):
     """After pretraining, evaluate the new backbone (with random-init and raw-pixel baselines)."""
     tasks: dict[str, dict[str, Any]] = {"archive": {}}
     """Downstream task name → reader options; the ``archive`` task defaults to this manifest's archive."""
-    protocols: list[Literal["linear", "logistic", "knn", "retrieval", "finetune"]] = ["linear", "logistic", "knn", "retrieval"]
+    protocols: list[Literal["linear", "logistic", "knn", "retrieval", "finetune"]] = [
+        "linear", "logistic", "knn", "retrieval"]
     out_dir: str = "output/eval"
 
 
@@ -460,7 +462,8 @@ def load_manifest(path: str | Path) -> Manifest:
 
 class _ManifestLoader(yaml.SafeLoader):
     """YAML's safe loader without the implicit timestamp type: dates stay strings, so that pydantic
-    checks them and names the key of an impossible date (``2021-02-30``) instead of YAML failing."""
+    checks them and names the key of an impossible date (``2021-02-30``) instead of YAML failing.
+    """
 
 
 _ManifestLoader.yaml_implicit_resolvers = {

@@ -81,10 +81,18 @@ class SilentProgress(LogProgress):
 
 def progress_bar(show: bool, every_s: float = 30.0) -> Any:
     """A rich progress bar (description, bar, done/total, status, elapsed, remaining) when ``show``
-    (a terminal), otherwise :class:`LogProgress` lines at most every ``every_s`` seconds per task."""
+    (a terminal), otherwise :class:`LogProgress` lines at most every ``every_s`` seconds per task.
+    """
     if not show:
         return LogProgress(every_s)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())

@@ -36,8 +36,8 @@ no curation task is writing to the same archive.
 
 Parsing. The file is parsed with :mod:`json` and an ``object_pairs_hook`` that turns each class list
 into a 9-bit mask as soon as it is read (the lists of strings are never kept): a 60 MB file of 1M
-entries parses in about 5 s with a peak of about 330 MB. The structure is validated before anything is written; every problem
-raises :class:`PublishedLabelsError` naming the location id and image id at fault (non-string or
+entries parses in about 5 s with a peak of about 330 MB. The structure is validated before anything is
+written; every problem raises :class:`PublishedLabelsError` naming the location id and image id at fault (non-string or
 out-of-range class ids, keys that are not 7-digit location ids, repeated keys, values of the wrong
 type). Files ending in ``.gz`` are decompressed; ``fsspec`` URLs are accepted.
 """

@@ -248,7 +248,9 @@ def read_split(path: str, storage_options: dict | None = None) -> tuple[np.ndarr
 
 
 def split_indices(path: str, name: str, storage_options: dict | None = None) -> np.ndarray:
-    """Sorted int64 patch indices in split ``name`` (train | val | test) (:meth:`pipeline.archive.Archive.split_patches`).
+    """Sorted int64 patch indices in split ``name`` (train | val | test).
+
+    The same as :meth:`pipeline.archive.Archive.split_patches`.
 
     Raises :class:`ArchiveError` naming the archive when it has no split.
     """

@@ -137,7 +137,8 @@ class ArchiveLayout:
         return slice(a, min(a + self.patches_per_shard, self.n_patches))
 
 
-def archive_template(manifest: Manifest, locations: list[Location], source_description: dict) -> tuple[xr.Dataset, dict]:
+def archive_template(manifest: Manifest, locations: list[Location],
+                     source_description: dict) -> tuple[xr.Dataset, dict]:
     """Lazy (dask) dataset with the archive's variables, coordinates, attributes, and its zarr encoding."""
     layout = ArchiveLayout.from_manifest(manifest, len(locations))
     P, S, H, pps = layout.n_patches, layout.n_seasons, layout.size, layout.patches_per_shard
@@ -235,7 +236,7 @@ def archive_template(manifest: Manifest, locations: list[Location], source_descr
 
 
 def storage_options_for(path: str, storage_options: dict | None = None) -> dict | None:
-    """fsspec options for a store URL; ``file://`` URLs get ``auto_mkdir`` so nested keys can be written."""
+    """Fsspec options for a store URL; ``file://`` URLs get ``auto_mkdir`` so nested keys can be written."""
     opts = dict(storage_options or {})
     if path.startswith("file://"):
         opts.setdefault("auto_mkdir", True)
@@ -385,7 +386,8 @@ def date_to_days(d: dt.date) -> int:
 
 def count_failure_kinds(reasons, counts: dict[str, int] | None = None) -> dict[str, int]:
     """Failure reasons counted by kind (the text before the first colon, "unknown" when empty), added
-    to ``counts`` when given."""
+    to ``counts`` when given.
+    """
     counts = {} if counts is None else counts
     for r in reasons:
         key = str(r).split(":")[0] if r else "unknown"

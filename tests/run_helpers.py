@@ -7,7 +7,8 @@ from pathlib import Path
 
 def tiny_run(archive: str, out: Path, **overrides) -> Path:
     """The fastest complete run we can make: ResNet-18, 16 px crops, one epoch of two steps of four
-    images, on the archive's train split; returns the run folder (with backbone.safetensors)."""
+    images, on the archive's train split; returns the run folder (with backbone.safetensors).
+    """
     from train.pretrain import PretrainConfig, run_pretraining
 
     cfg = dict(archive=archive, output_dir=str(out), backbone="resnet18", crop_size=16, batch_size=4, num_workers=0,

@@ -1,5 +1,6 @@
 """BigEarthNet-10 % (CROMA rule): the training side is subsampled, the test side never; the report
-names the BigEarthNet version and the band convention. Real BigEarthNet v1 samples from ../shared/data."""
+names the BigEarthNet version and the band convention. Real BigEarthNet v1 samples from ../shared/data.
+"""
 
 from __future__ import annotations
 

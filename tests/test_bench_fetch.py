@@ -1,5 +1,6 @@
 """The Earth Engine simulator of ``benchmarks/bench_fetch.py`` at toy size: it enforces its quota
-(429 beyond it), and the concurrent Earth Engine source never exceeds the limits it is configured with."""
+(429 beyond it), and the concurrent Earth Engine source never exceeds the limits it is configured with.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ee_simulator import LatencyModel, Quota, SimTransport, reset_server, server_stats, start_server  # noqa: E402
+from test_source_earthengine import ALL, GRID, LOC, WINDOW, ee_offline  # noqa: E402,F401  (a fixture)
+
 from pipeline.manifest import EarthEngineSourceOptions  # noqa: E402
 from pipeline.sources.earthengine import EarthEngineSource  # noqa: E402
-from test_source_earthengine import ALL, GRID, LOC, WINDOW, ee_offline  # noqa: E402,F401  (a fixture)
 
 QUOTA = Quota(max_concurrent=4, per_window=12, window_s=0.5)
 

@@ -1,5 +1,6 @@
 """Percentile bootstrap intervals: coverage, grouped resampling, width, the fast classification path,
-and how the intervals reach the protocols and the report."""
+and how the intervals reach the protocols and the report.
+"""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def test_interval_shrinks_with_more_items():
 
 def test_percentile_interval_and_config_checks():
     assert percentile_interval(np.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
-    assert percentile_interval([np.nan, 1.0, np.nan, 3.0], 0.5) == pytest.approx((1.5, 2.5))  # undefined replicates dropped
+    # undefined replicates are dropped
+    assert percentile_interval([np.nan, 1.0, np.nan, 3.0], 0.5) == pytest.approx((1.5, 2.5))
     assert all(np.isnan(percentile_interval([np.nan, np.nan])))
     with pytest.raises(ValueError):
         BootstrapConfig(n_resamples=0)

@@ -1,5 +1,6 @@
 """The run folder (train/checkpoints.py): resolving a run folder or a file, latest checkpoint, the
-exported backbone's metadata, the checkpoint's backbone prefix (one definition, matching the model)."""
+exported backbone's metadata, the checkpoint's backbone prefix (one definition, matching the model).
+"""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import zarr
-
 from archive_helpers import curate_all
+
 from pipeline import curate as steps
 from pipeline.manifest import Manifest
 from pipeline.sources import TransientSourceError
@@ -32,7 +32,8 @@ def test_transient_errors_are_retried_to_identical_data(tmp_path):
 
 def test_persistent_transient_error_is_recorded_as_a_retryable_failure(tmp_path):
     """Issue 10.4: a patch whose in-task retries run out is recorded as failed with its reason (the
-    shard goes on and is written), so that --retry-failed can redo it."""
+    shard goes on and is written), so that --retry-failed can redo it.
+    """
     m = manifest(tmp_path, "down", fail_rate=1.0)
     locations, layout = steps.prepare(m)
     summary = steps.process_shard(m, layout, 0, locations[layout.shard_slice(0)])
@@ -132,7 +133,8 @@ def test_the_earth_engine_source_declares_its_own_request_retries():
 
 class ConcurrentSource:
     """The synthetic source offering concurrent fetches (like Earth Engine): answers come back in a random
-    order, and ``fail`` (location index → seasons) raise a permanent error, later seasons answering first."""
+    order, and ``fail`` (location index → seasons) raise a permanent error, later seasons answering first.
+    """
 
     def __init__(self, inner, fail: dict[int, set[int]] | None = None):
         import threading

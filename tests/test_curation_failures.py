@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from process_helpers import kill_tree, start_curate
+
 from pipeline.store import STATUS_DONE, STATUS_FAILED, STATUS_TODO
 
 pytestmark = pytest.mark.slow
@@ -74,7 +74,8 @@ def test_a_failing_shard_does_not_stop_the_others(tmp_path, harness, monkeypatch
     summary = curate_manifest(str(write_manifest(tmp_path / "m.yaml", store)))
     status = zarr.open_group(str(store), mode="r")["status"][:]
     reasons = zarr.open_group(str(store), mode="r")["status_reason"][:]
-    assert (status[2:4] == STATUS_FAILED).all() and list(reasons[2:4]) == ["ShardFailed: RuntimeError: disk on fire"] * 2
+    assert (status[2:4] == STATUS_FAILED).all()
+    assert list(reasons[2:4]) == ["ShardFailed: RuntimeError: disk on fire"] * 2
     assert (status[[0, 1, 4, 5, 6, 7]] == STATUS_DONE).all()  # every other shard finished
     assert summary["this_run"]["retryable"] == 2
     # the retry with the shard working again finishes the archive
@@ -131,7 +132,8 @@ def test_run_killed_while_holding_the_only_source_slot_does_not_block_the_next(t
 def test_cli_exits_1_naming_the_failures_then_retry_failed_finishes(tmp_path):
     """The whole story through the command line: persistent transient errors → exit 1 with a summary
     and the in-task retries in the log; the same manifest without faults (same archive: fail_rate is
-    not part of the hash) and --retry-failed → exit 0, every patch done."""
+    not part of the hash) and --retry-failed → exit 0, every patch done.
+    """
     store = tmp_path / "a.zarr"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
@@ -151,7 +153,8 @@ def test_cli_exits_1_naming_the_failures_then_retry_failed_finishes(tmp_path):
 
 def test_a_shard_waiting_for_a_source_slot_says_so(monkeypatch):
     """The cluster-wide source limit: a shard task that finds every slot taken logs that it waits,
-    and for how long, then runs once the slot is released."""
+    and for how long, then runs once the slot is released.
+    """
     import logging
 
     from distributed import Client, LocalCluster, Semaphore

@@ -1,5 +1,6 @@
 """The curation flow end to end on the synthetic world: under Prefect's test harness, and killed
-mid-run in a subprocess then resumed (the resumed archive must equal an uninterrupted one)."""
+mid-run in a subprocess then resumed (the resumed archive must equal an uninterrupted one).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from process_helpers import kill_tree, start_curate
+
 from pipeline.store import STATUS_DONE, STATUS_TODO, open_archive
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,6 @@ def write_manifest(path: Path, store: Path, n_locations: int, size: int, process
 def reference_run(tmp_path_factory, harness):
     """An uninterrupted run of the flow, in this process, under the Prefect test harness."""
     from flows.curate import curate_manifest
-
     from pipeline.manifest import load_manifest
 
     tmp = tmp_path_factory.mktemp("reference")
@@ -48,7 +48,8 @@ def reference_run(tmp_path_factory, harness):
     # As the CLI does: the manifest is loaded once and the flows get the model. It carries a credential
     # (ignored for a local store) that must not reach Prefect's records.
     loaded = load_manifest(manifest)
-    loaded = loaded.model_copy(update={"store": loaded.store.model_copy(update={"storage_options": {"secret": SECRET}})})
+    store = loaded.store.model_copy(update={"storage_options": {"secret": SECRET}})
+    loaded = loaded.model_copy(update={"store": store})
     summary = curate_manifest(loaded)
     return manifest, tmp / "ref.zarr", summary
 
@@ -159,7 +160,7 @@ def test_local_ssl4eo_copy_through_the_flow(tmp_path, harness, shared_data):
 
 
 def test_flow_ends_with_pretraining_when_asked(tmp_path, harness):
-    """curate → pretrain: the flow's final step trains on the new archive (and resumes on a rerun)."""
+    """Curate → pretrain: the flow's final step trains on the new archive (and resumes on a rerun)."""
     from flows.curate import curate_manifest
 
     train_cfg = tmp_path / "train.yaml"

@@ -1,5 +1,6 @@
 """Earth Engine requests in parallel: AIMD window, sliding-window rate, cluster-wide limits, and a
-concurrent curation that writes the same archive as a sequential one, faults and all."""
+concurrent curation that writes the same archive as a sequential one, faults and all.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
 from archive_helpers import curate_all
+
 from pipeline import curate as steps
 from pipeline.manifest import Manifest
 from pipeline.sources.earthengine import EarthEngineSource
@@ -149,7 +150,8 @@ def test_throttles_shrink_the_window_and_successes_grow_it():
 # ------------------------------------------------------------------------------------------ cluster-wide
 def test_two_processes_worth_of_limiters_share_the_cluster_limits():
     """Two limiters (as two worker processes would have) on one scheduler's semaphores: together at most
-    `max_concurrent` in flight and at most L = rate·window starts in any window."""
+    `max_concurrent` in flight and at most L = rate·window starts in any window.
+    """
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
@@ -185,7 +187,8 @@ def test_two_processes_worth_of_limiters_share_the_cluster_limits():
 # ------------------------------------------------------------------------------------------ same archive
 class FlakyTransport(AnyLocationTransport):
     """:class:`AnyLocationTransport` that is slow (so requests overlap), answers a random share of calls
-    with a 429 or a 503 before doing anything, and records how many requests were in flight."""
+    with a 429 or a 503 before doing anything, and records how many requests were in flight.
+    """
 
     def __init__(self, fail_rate: float = 0.0, delay_s: float = 0.002, seed: int = 0):
         super().__init__(mode={"0000002"})

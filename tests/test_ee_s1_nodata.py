@@ -39,7 +39,8 @@ def s1_mask() -> np.ndarray:
 class MaskedS1Transport(FakeTransport):
     """S1 pixels where :func:`s1_mask` is set are masked: served as the request's ``unmask`` value
     (0 when the request does not unmask, as a masked pixel of a NUMPY_NDARRAY answer). One valid
-    pixel per band holds a genuine 0.0 dB."""
+    pixel per band holds a genuine 0.0 dB.
+    """
 
     def compute_pixels(self, request, tag):
         out = super().compute_pixels(request, tag)
@@ -94,7 +95,8 @@ def test_s1_request_unmasks_to_an_impossible_db_value():
     tree = graph(eesrc.pixel_image("s1_grd", "S1_ID", S1_BANDS, 10.0))
     (unmask,) = calls(tree, "Image.unmask")
     value = unmask["value"]["value"]
-    assert value == eesrc.S1_NODATA_DB and value < eesrc.S1_FLOOR_DB < 10 * np.log10(np.finfo(np.float32).smallest_subnormal)
+    smallest_db = 10 * np.log10(np.finfo(np.float32).smallest_subnormal)
+    assert value == eesrc.S1_NODATA_DB and value < eesrc.S1_FLOOR_DB < smallest_db
     assert unmask["sameFootprint"] is False  # pixels outside the scene footprint are no-data too
     assert tree["fn"] == "Image.toFloat"
 

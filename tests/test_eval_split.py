@@ -1,5 +1,6 @@
 """Evaluation on the archive uses the archive's own train/val/test split, and refuses checkpoints that
-were trained on its test patches (issue 11, evaluation side)."""
+were trained on its test patches (issue 11, evaluation side).
+"""
 
 from __future__ import annotations
 

@@ -252,7 +252,8 @@ def test_evaluate_end_to_end_on_archive(archive, tmp_path):
 
     run_dir = tmp_path / "softcon-tiny"
     cfg = PretrainConfig.model_validate({
-        "archive": archive, "output_dir": str(run_dir), "crop_size": 32, "batch_size": 16, "num_workers": 0, "backbone": "resnet18",
+        "archive": archive, "output_dir": str(run_dir), "crop_size": 32, "batch_size": 16, "num_workers": 0,
+        "backbone": "resnet18",
         "proj_hidden": 64, "proj_out": 32, "pred_hidden": 64, "epochs": 1, "max_steps_per_epoch": 1, "log_every": 1000})
     run_pretraining(cfg, progress=False)
     assert (run_dir / "backbone.safetensors").is_file()

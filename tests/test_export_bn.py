@@ -1,18 +1,19 @@
 """BatchNorm statistics of the exported backbone (train/pretrain.py).
 
 The online backbone trains on Siamese-masked views; evaluation feeds full images. Before export the
-BN running statistics are recomputed on unmasked training batches (``bn_recalibration_batches``)."""
+BN running statistics are recomputed on unmasked training batches (``bn_recalibration_batches``).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from archive_helpers import synthetic_archive
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
 import train.pretrain as pretrain
-from archive_helpers import synthetic_archive
 from train.data import EpochDataLoader
 from train.models import build_backbone, random_patch_mask, zero_masked_patches
 
@@ -68,7 +69,8 @@ def first_bn(model: nn.Module) -> tuple[str, nn.modules.batchnorm._BatchNorm]:
 
 def first_bn_input_statistics(model: nn.Module, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel: the mean over ``inputs`` of the batch mean and of the unbiased batch variance of what
-    enters the first BN layer (what a cumulative average of the BN batch statistics holds)."""
+    enters the first BN layer (what a cumulative average of the BN batch statistics holds).
+    """
     _, bn = first_bn(model)
     seen: list[torch.Tensor] = []
 
@@ -130,7 +132,8 @@ def test_exported_bn_statistics_are_those_of_the_unmasked_recalibration_batches(
 
 def test_exported_bn_statistics_describe_unmasked_training_views(resnet_run):
     """Independent of which batches were used: the exported statistics are close to those of the
-    unmasked training views, far from those of the masked views the online branch trained on."""
+    unmasked training views, far from those of the masked views the online branch trained on.
+    """
     out, res, batches = resnet_run
     inputs = [b[f"view{v}"] for b in batches[:res["steps"]] for v in (1, 2)]
     model, tensors = exported_model(out / "backbone.safetensors")

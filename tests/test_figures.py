@@ -1,5 +1,6 @@
 """Label statistics on hand-made arrays, and every figure of `softcon plot labels|run` rendered from a
-small archive and a tiny run: each PNG exists, is not empty and has the size of its figure."""
+small archive and a tiny run: each PNG exists, is not empty and has the size of its figure.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from archive_helpers import synthetic_archive
 from PIL import Image
+from run_helpers import tiny_run
 from typer.testing import CliRunner
 
-from archive_helpers import synthetic_archive
 from flows.cli import app
 from pipeline.figures import LABEL_FIGURES, find_patches, load_label_table, percentile_stretch, published_comparison
 from pipeline.figures import label_stats as ls
-from run_helpers import tiny_run
 
 DPI = 50
 

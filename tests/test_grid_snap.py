@@ -92,7 +92,8 @@ def test_10_20_60m_grids_of_a_patch_share_the_corner():
 
 def test_real_sentinel2_patches_are_on_the_lattice(shared_data: Path):
     """BigEarthNet v1.0 patches are cut from Sentinel-2 L2A tiles: for any location within 30 m of a
-    patch's centre, the 10 m patch grid, its 20 m and 60 m grids are exactly the files' grids."""
+    patch's centre, the 10 m patch grid, its 20 m and 60 m grids are exactly the files' grids.
+    """
     folders = sorted((shared_data / "bigearthnet_v1" / "BigEarthNet-v1.0").glob("S2*"))
     if not folders:
         pytest.skip("BigEarthNet v1.0 sample absent")

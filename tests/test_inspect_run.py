@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from archive_helpers import synthetic_archive
+from run_helpers import tiny_run
 from typer.testing import CliRunner
 
-from archive_helpers import synthetic_archive
 from flows.cli import app
-from run_helpers import tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,8 @@ def test_archive_without_a_record_gets_one_rebuilt(store):
 
 def test_patches_curated_after_a_relabel_follow_the_archives_thresholds(tmp_path):
     """One archive, one threshold: a resumed curation labels its new patches with the thresholds of the
-    archive's current record (here a relabel at 0.2), not the manifest's 0.01."""
+    archive's current record (here a relabel at 0.2), not the manifest's 0.01.
+    """
     from pipeline import curate as steps
     from pipeline.manifest import Manifest
     from pipeline.store import STATUS_DONE

@@ -157,13 +157,15 @@ def test_label_vectors_rejects_bad_input():
 
 def test_comparison_and_bincount_counting_agree():
     """The two counting paths (comparisons for few classes, one bincount otherwise) give the same counts
-    and name the same bad values."""
+    and name the same bad values.
+    """
     from pipeline.labels.vectors import _few_class_counts, _general_class_counts
 
     rng = np.random.default_rng(0)
     for dtype in (np.uint8, np.int16, np.int64):
         maps = random_maps(rng, (7, 4, 16, 16), nodata_p=0.3).astype(dtype).reshape(28, -1)
-        np.testing.assert_array_equal(_few_class_counts(maps, K, LABEL_NODATA), _general_class_counts(maps, K, LABEL_NODATA))
+        np.testing.assert_array_equal(_few_class_counts(maps, K, LABEL_NODATA),
+                                      _general_class_counts(maps, K, LABEL_NODATA))
         maps[5, 3] = 12
         for count in (_few_class_counts, _general_class_counts):
             with pytest.raises(ValueError, match="label value.*12"):
@@ -338,7 +340,8 @@ def test_compute_archive_labels_on_pipeline_store(tmp_path):
         write_patches(group, layout, results)
 
     counts = compute_archive_labels(url, batch_patches=1)
-    assert counts["patches_done"] == 4 and counts["regions_written"] == 2  # 3-patch chunks; the last holds no done patch
+    # 3-patch chunks; the last holds no done patch
+    assert counts["patches_done"] == 4 and counts["regions_written"] == 2
     g = open_group(url, "r")
     done = np.array(status) == STATUS_DONE
     ref_f, ref_m = label_vectors(maps)
@@ -539,10 +542,11 @@ def test_uint8_fast_path_equals_general_path_over_many_maps():
 
 def test_labels_command_recomputes_with_another_threshold(tmp_path):
     """`softcon labels STORE --presence-threshold T` rewrites multi_hot from the stored maps with T,
-    records what it used, and by default goes back to the archive manifest's thresholds."""
+    records what it used, and by default goes back to the archive manifest's thresholds.
+    """
+    from archive_helpers import synthetic_archive
     from typer.testing import CliRunner
 
-    from archive_helpers import synthetic_archive
     from flows.cli import app
 
     store = synthetic_archive(tmp_path / "a.zarr", n_locations=6, size_px=32, patches_per_shard=4)

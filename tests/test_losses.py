@@ -312,9 +312,8 @@ Y_FRAC = [[0.5, 0.0, 0.5, 0.0], [0.0, 0.2, 0.0, 0.8], [0.0, 0.0, 0.0, 0.0], [0.3
 
 # ============================================================================ common
 def test_registry_and_build():
-    assert {"infonce", "ntxent", "softcon", "moco_v2", "moco_v3", "supcon", "mulsupcon", "macl", "triplet", "byol"} <= set(
-        LOSSES
-    )
+    expected = {"infonce", "ntxent", "softcon", "moco_v2", "moco_v3", "supcon", "mulsupcon", "macl", "triplet", "byol"}
+    assert expected <= set(LOSSES)
     assert isinstance(build_loss("SoftCon", lam=0.5), SoftConLoss)
     assert isinstance(build_loss("moco-v3"), MoCoV3Loss)
     with pytest.raises(KeyError):
@@ -424,7 +423,8 @@ def test_softcon_matches_reference_multi_hot(term, kind, tau):
 def test_softcon_fractions_and_options(term):
     y = multi_hot(Y_FRAC)
     q, k = leaf(5, 4, seed=22), leaf(5, 4, seed=23)
-    loss = SoftConLoss(0.2, lam=2.0, soft_term=term, label_similarity="jaccard", scale_by_2tau=False, soft_temperature=0.5)
+    loss = SoftConLoss(0.2, lam=2.0, soft_term=term, label_similarity="jaccard", scale_by_2tau=False,
+                       soft_temperature=0.5)
     ref = ref_softcon(q, k, y, 0.2, 2.0, term, "jaccard", scale_2tau=False, soft_tau=0.5)
     check(loss(q, k, y), ref, [q, k])
 
@@ -613,7 +613,8 @@ def test_triplet_matches_reference(distance, margin):
     check(TripletLoss(margin, distance)(f, y), ref_triplet(f, y, margin, distance), [f])
     g = leaf(5, 1, 5, seed=71)
     cls = torch.tensor([0, 1, 0, 1, 2])
-    check(TripletLoss(margin, distance, instance_positives=False)(g, cls), ref_triplet(g, cls, margin, distance, inst=False), [g])
+    check(TripletLoss(margin, distance, instance_positives=False)(g, cls),
+          ref_triplet(g, cls, margin, distance, inst=False), [g])
 
 
 def test_triplet_edge_cases():
@@ -650,7 +651,7 @@ def _ddp_inputs():
 
 
 def _ddp_cases():
-    """name -> (loss factory(gather), fn(loss, tensors) -> scalar, grad keys)."""
+    """Name -> (loss factory(gather), fn(loss, tensors) -> scalar, grad keys)."""
     return {
         "infonce": (lambda g: InfoNCELoss(0.2, gather_distributed=g), lambda m, t: m(t["q"], t["k"]), ["q", "k"]),
         "ntxent": (lambda g: NTXentLoss(0.2, gather_distributed=g), lambda m, t: m(t["q"], t["k"]), ["q", "k"]),
@@ -670,7 +671,8 @@ def _ddp_cases():
             ["f"],
         ),
         "supcon": (lambda g: SupConLoss(0.1, gather_distributed=g), lambda m, t: m(t["f"], t["y"]), ["f"]),
-        "mulsupcon": (lambda g: MulSupConLoss(0.1, gather_distributed=g), lambda m, t: m(t["q"], t["k"], t["y"]), ["q", "k"]),
+        "mulsupcon": (lambda g: MulSupConLoss(0.1, gather_distributed=g), lambda m, t: m(t["q"], t["k"], t["y"]),
+                      ["q", "k"]),
         "macl": (
             lambda g: MACLLoss([3, 2, 2, 1], 6, gather_distributed=g),
             lambda m, t: m(t["f"], t["y"]),
@@ -689,7 +691,8 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
         local = {key: val[start : start + SPLIT[rank]] for key, val in full.items()}
         results = {"offset": rank_offset(SPLIT[rank])}
         for name, (factory, call, grad_keys) in _ddp_cases().items():
-            tensors = {key: (val.clone().requires_grad_(True) if val.is_floating_point() else val) for key, val in local.items()}
+            tensors = {key: (val.clone().requires_grad_(True) if val.is_floating_point() else val)
+                       for key, val in local.items()}
             loss = call(factory(True), tensors)
             loss.backward()
             results[name] = (loss.detach(), {key: tensors[key].grad.clone() for key in grad_keys})
@@ -708,7 +711,8 @@ def test_ddp_gather_matches_single_process(tmp_path: Path):
     assert [r["offset"] for r in res] == [0, SPLIT[0]]
     full = _ddp_inputs()
     for name, (factory, call, grad_keys) in _ddp_cases().items():
-        tensors = {key: (val.clone().requires_grad_(True) if val.is_floating_point() else val) for key, val in full.items()}
+        tensors = {key: (val.clone().requires_grad_(True) if val.is_floating_point() else val)
+                   for key, val in full.items()}
         single = call(factory(False), tensors)
         single.backward()
         # mean of the rank losses == single-process loss on the concatenated batch

@@ -1,5 +1,6 @@
 """Tests for train.evaluate.metrics: classification metrics against sklearn, retrieval metrics
-against a slow per-query reference written here from the metrics' definitions."""
+against a slow per-query reference written here from the metrics' definitions.
+"""
 
 from __future__ import annotations
 
@@ -165,7 +166,8 @@ def _gauss_case(seed, nq=30, nd=45, dim=6, c=5, p=0.25):
 
 def _tie_case(seed, nq=30, nd=45, c=4, p=0.3):
     """Embeddings with four entries of ±0.5 in 8 dims: unit norm and exact dot products, so many
-    exact ties; some database rows are duplicated."""
+    exact ties; some database rows are duplicated.
+    """
     g = torch.Generator().manual_seed(seed)
 
     def draw(n):

@@ -85,7 +85,8 @@ def rgb_vit() -> nn.Module:
 @pytest.fixture(scope="module")
 def dinov2_files(rgb_vit: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The RGB ViT saved in the official DINOv2 layout: safetensors, a DINO-style .pth container,
-    and a chunked-blocks .pth."""
+    and a chunked-blocks .pth.
+    """
     root = tmp_path_factory.mktemp("dinov2")
     sd = rgb_vit.state_dict()
     official = _to_official_dinov2(sd)
@@ -294,7 +295,8 @@ def test_dino_resnet_container_with_module_prefix(tv_resnet50: dict[str, torch.T
 
 def test_softcon_b13_backbone_only_round_trip(tmp_path: Path) -> None:
     """B13_* files are bare backbone state dicts with a 13-channel first layer (ViT in the official
-    DINOv2 layout, RN50 in the torchvision layout without fc)."""
+    DINOv2 layout, RN50 in the torchvision layout without fc).
+    """
     vit = _vit13()
     vit_path = tmp_path / "B13_vits14_softcon.pth"
     torch.save(_to_official_dinov2(vit.state_dict()), vit_path)
@@ -496,7 +498,8 @@ def test_report_str_is_readable(dinov2_files: dict[str, Path]) -> None:
 
 def test_own_encoder_checkpoint_into_backbone_fp16(tmp_path: Path) -> None:
     """A training checkpoint of an :class:`Encoder` ({'model': {'backbone.*', 'projector.*'}}) loads
-    into a bare backbone; the projector is reported as ignored; fp16 tensors are cast."""
+    into a bare backbone; the projector is reported as ignored; fp16 tensors are cast.
+    """
     enc = build_encoder("resnet18", 2, 16, 8)
     path = tmp_path / "softcon_epoch1.pth"
     torch.save({"model": {k: v.half() if v.is_floating_point() else v for k, v in enc.state_dict().items()}}, path)

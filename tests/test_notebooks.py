@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from archive_helpers import synthetic_archive
 from run_helpers import tiny_run
 

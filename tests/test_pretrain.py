@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from archive_helpers import synthetic_archive
 from safetensors import safe_open
 
-from archive_helpers import synthetic_archive
 from train.pretrain import (
     CHECKPOINT_FORMAT,
     PretrainConfig,

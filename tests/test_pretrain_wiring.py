@@ -21,9 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
+from archive_helpers import synthetic_archive
 
 import train.pretrain as pretrain
-from archive_helpers import synthetic_archive
 from pipeline.store import STATUS_DONE
 from train.data import EpochDataLoader
 from train.losses import LOSSES, MoCoV2Loss, build_loss
@@ -36,7 +36,8 @@ PROJ = 32  # projection width
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """A tiny curated archive whose labels are then rewritten at random (1–3 of the 9 classes per item,
-    random fractions), so that which patch gets which labels changes every label-aware loss."""
+    random fractions), so that which patch gets which labels changes every label-aware loss.
+    """
     path = tmp_path_factory.mktemp("wiring-archive") / "a.zarr"
     synthetic_archive(path, n_locations=8, size_px=32, patches_per_shard=4)
     g = zarr.open_group(str(path), mode="r+")
@@ -61,7 +62,8 @@ def config(archive: str, out, **kw) -> pretrain.PretrainConfig:
 
 class Spy:
     """What a run did: the batches it drew (in order), each forward's inputs and outputs with a copy of
-    the model just before it, the loss module (and a copy as built), and the last model."""
+    the model just before it, the loss module (and a copy as built), and the last model.
+    """
 
     def __init__(self):
         self.batches: list[dict] = []
@@ -199,7 +201,8 @@ def expected_step_loss(name: str, fn, z, q, k, y) -> torch.Tensor:
     """Each method's rule, index = view (0: view 1): predictions of one view against the targets of the
     other for the MoCo-v3-shaped losses; MoCo v2: online projections against the other view's targets
     and the queue (both directions with the queue of the start of the step); in-batch losses: the
-    online projections of both views."""
+    online projections of both views.
+    """
     if name in {"infonce"}:
         return fn(q[0], k[1]) + fn(q[1], k[0])
     if name in {"softcon"}:
@@ -259,7 +262,8 @@ def test_step_feeds_each_loss_the_right_tensors(archive, tmp_path, spy, name, op
 @pytest.mark.parametrize("view_mode", ["same_season", "cross_modal"])
 def test_step_embeddings_come_from_the_right_views(archive, tmp_path, spy, view_mode):
     """Online branch: the Siamese-masked view (mask of seed ``mask_seed + view``); target: the full view;
-    in cross-modal mode view 2 goes through the second branch."""
+    in cross-modal mode view 2 goes through the second branch.
+    """
     cfg = config(archive, tmp_path / "run", view_mode=view_mode, max_steps_per_epoch=1,
                  loss={"name": "infonce", "options": {}})
     pretrain.run_pretraining(cfg, progress=False)
@@ -270,7 +274,8 @@ def test_step_embeddings_come_from_the_right_views(archive, tmp_path, spy, view_
         br = model.branches[min(view, len(model.branches) - 1)]
         assert x.shape[1] == (2 if view == 1 and view_mode == "cross_modal" else 13)
         gh, gw = br.online.mask_grid(x.shape[-2], x.shape[-1])
-        mask = random_patch_mask(x.shape[0], gh, gw, 0.5, generator=torch.Generator().manual_seed(rec["mask_seed"] + view))
+        gen = torch.Generator().manual_seed(rec["mask_seed"] + view)
+        mask = random_patch_mask(x.shape[0], gh, gw, 0.5, generator=gen)
         assert mask.any()
         with torch.no_grad():
             k = br.target(x)

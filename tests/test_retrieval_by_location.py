@@ -120,7 +120,8 @@ def test_group_split_keeps_groups_whole():
 
 def test_retrieval_intervals_match_a_plain_resampling_loop():
     """Retrieval gets bootstrap intervals too: queries resampled by group (database fixed); each
-    replicate equals recomputing retrieval_metrics on the resampled queries, done here in a loop."""
+    replicate equals recomputing retrieval_metrics on the resampled queries, done here in a loop.
+    """
     import numpy as np
     import torch
 

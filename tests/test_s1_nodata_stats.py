@@ -18,7 +18,8 @@ SIZE = 16
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """6 locations of 16 px; NaN S1 pixels in several done patches (one season's VH band entirely),
-    and a failed patch whose S1 pixels must not count."""
+    and a failed patch whose S1 pixels must not count.
+    """
     path = synthetic_archive(tmp_path_factory.mktemp("s1-nodata") / "a.zarr", n_locations=6, size_px=SIZE,
                              patches_per_shard=3)
     g = open_group(path, "r+")
@@ -81,7 +82,8 @@ def test_s1_items_have_no_nan_and_nodata_is_zero(archive):
 
 def test_s1_training_views_have_no_nan(archive):
     """The SAR augmentations run after normalisation: views of a NaN image hold no NaN either, also as the
-    second modality of cross-modal views."""
+    second modality of cross-modal views.
+    """
     two = ArchiveDataset(archive, modality="s1_grd", view_mode="same_season",
                          transforms=sar_view_transforms(12))
     cross = ArchiveDataset(archive, modality="s2_l1c", view_mode="cross_modal", modality2="s1_grd",

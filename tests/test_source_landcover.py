@@ -9,7 +9,8 @@ import pyproj
 import pytest
 import rasterio
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window, from_bounds as window_from_bounds
+from rasterio.windows import Window
+from rasterio.windows import from_bounds as window_from_bounds
 
 from pipeline.bands import DW_CLASSES, LABEL_NODATA
 from pipeline.crosswalks import apply_crosswalk

@@ -476,7 +476,8 @@ def total_distance(dates: list[dt.date], season_of_date: list[int]) -> int:
 def test_shifted_location_fills_all_four_seasons(root: Path, tmp_path: Path, location, grid,
                                                  stamps: list[str], expected: list[int]):
     """SSL4EO-S12 shifts a location's four dates together: its four images, ~3 months apart, fill the
-    four seasons one each, in time order rotated onto the seasons of least total distance."""
+    four seasons one each, in time order rotated onto the seasons of least total distance.
+    """
     syn = acquisitions_named(root, tmp_path / "syn", stamps)
     src = SSL4EOLocalSource(syn)
     dates = [dt.datetime.strptime(stamp[:8], "%Y%m%d").date() for stamp in stamps]

@@ -18,15 +18,16 @@ import pystac
 import pytest
 import rasterio
 import shapely
+from archive_helpers import curate_all
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as rio_copy
 from rasterio.transform import Affine, from_origin
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import reproject, transform as warp_transform, transform_bounds
+from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import transform as warp_transform
 
-from archive_helpers import curate_all
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS
 from pipeline.crosswalks import apply_crosswalk
 from pipeline.errors import BadInput

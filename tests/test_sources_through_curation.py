@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import rasterio
 import zarr
+from archive_helpers import curate_all
 from rasterio.enums import Resampling
 
-from archive_helpers import curate_all
 from pipeline import curate as steps
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.grid import PatchGrid

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from archive_helpers import synthetic_archive
 from typer.testing import CliRunner
 
-from archive_helpers import synthetic_archive
 from flows.cli import app
 from pipeline import curate as steps
 from pipeline.errors import BadInput

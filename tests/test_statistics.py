@@ -1,5 +1,6 @@
 """Archive statistics (pipeline.statistics): torch-free, computed on the train split by default, and the
-statistics file records the splits (and split hash) they were computed on."""
+statistics file records the splits (and split hash) they were computed on.
+"""
 
 from __future__ import annotations
 

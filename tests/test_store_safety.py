@@ -15,8 +15,8 @@ import zarr.storage
 
 from pipeline import curate as steps
 from pipeline.manifest import Manifest
-from pipeline.store import ArchiveError, STATUS_TODO, archive_exists, open_group
-from pipeline.store_target import TEMPLATE_MARKER, StoreRefused, archive_lock, ArchiveBusy, target_state
+from pipeline.store import STATUS_TODO, ArchiveError, archive_exists, open_group
+from pipeline.store_target import TEMPLATE_MARKER, ArchiveBusy, StoreRefused, archive_lock, target_state
 
 
 def manifest_at(path, **over) -> Manifest:

@@ -51,7 +51,8 @@ def gen(seed: int = 0) -> torch.Generator:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """A tiny curated archive (synthetic source, 8 locations, 32 px); patch 5 forced to failed; a few
-    nodata pixels injected into a done patch (0 DN in S2, NaN in S1)."""
+    nodata pixels injected into a done patch (0 DN in S2, NaN in S1).
+    """
     tmp = tmp_path_factory.mktemp("train_data")
     path = str(tmp / "tiny.zarr")
     m = Manifest.model_validate({

@@ -322,7 +322,9 @@ class SarIntensityJitter:
 def ms_view_transforms(size: int = 224, view: int = 1, *, scale: tuple[float, float] = (0.2, 1.0),
                        blur_p: float | None = None, gray_p: float = 0.2, jitter_p: float = 0.8,
                        hflip_p: float = 0.5, vflip_p: float = 0.0) -> Compose:
-    """SSL4EO-S12 / MoCo v3 multispectral view (Chen et al. 2021, arXiv:2104.02057); blur p = 1.0 (view 1) or 0.1 (view 2).
+    """SSL4EO-S12 / MoCo v3 multispectral view (Chen et al. 2021, arXiv:2104.02057).
+
+    Blur p = 1.0 (view 1) or 0.1 (view 2).
 
     Input: normalised bands in [0, 1] (``C`` any, e.g. 13 for L1C). Order as in the original:
     crop, brightness/contrast, grayscale, blur, flips.

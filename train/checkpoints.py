@@ -102,7 +102,8 @@ def checkpoint_path(output_dir: str | os.PathLike, epoch: int) -> Path:
 
 def backbone_file(branch: int, modality: str) -> str:
     """File name of branch ``branch``'s exported backbone: ``backbone.safetensors`` for branch 0,
-    ``backbone-<modality>.safetensors`` for the second branch of a cross-modal run."""
+    ``backbone-<modality>.safetensors`` for the second branch of a cross-modal run.
+    """
     return BACKBONE_FILE if branch == 0 else f"backbone-{modality}.safetensors"
 
 

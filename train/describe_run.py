@@ -30,7 +30,8 @@ _MAX_HEADER = 100 * 1024 * 1024  # the safetensors format caps the header at 100
 
 def is_run_path(path: str) -> bool:
     """True for a local pretraining run folder (one of its files is there and it is not a Zarr
-    store) or a path naming a ``.safetensors`` file (existing or not: describing it reports a missing one)."""
+    store) or a path naming a ``.safetensors`` file (existing or not: describing it reports a missing one).
+    """
     if is_url(path):
         return False
     p = Path(path)
@@ -43,7 +44,8 @@ def is_run_path(path: str) -> bool:
 
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file: ``{name: {"dtype", "shape", ...}}`` and the
-    ``__metadata__`` strings. Raises :class:`BadInput` naming the file when it is not one."""
+    ``__metadata__`` strings. Raises :class:`BadInput` naming the file when it is not one.
+    """
     p = Path(path)
     if not p.is_file():
         raise BadInput(f"{p}: file not found")

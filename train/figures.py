@@ -63,7 +63,8 @@ def _from_csv(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def read_run_scalars(run_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{tag: (steps, values)}`` of a run's logged scalars (:data:`SCALARS`), from TensorBoard events,
-    else ``metrics.csv``. Raises :class:`BadInput` naming the folder when it has neither."""
+    else ``metrics.csv``. Raises :class:`BadInput` naming the folder when it has neither.
+    """
     run = Path(run_dir)
     if not run.is_dir():
         raise BadInput(f"{run}: not a run folder (no such directory)")

@@ -159,7 +159,8 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
 
 def _class_counts(ds: ArchiveDataset) -> torch.Tensor:
     """MACL's per-class counts: ``multi_hot`` summed over every season of the data set's patches only
-    (``ds.patches``: the done patches of the configured splits, so never val/test patches)."""
+    (``ds.patches``: the done patches of the configured splits, so never val/test patches).
+    """
     mh = ds.archive.open()["multi_hot"]
     counts = torch.zeros(mh.shape[-1], dtype=torch.float64)
     for p in ds.patches:

@@ -136,7 +136,8 @@ def cosine_matrix(x: np.ndarray) -> np.ndarray:
 
 def project_2d(features: np.ndarray, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
     """``(N, 2)`` projection of standardised features and the method used: ``pca``, or ``umap`` when
-    asked and the ``umap-learn`` package is installed (PCA otherwise)."""
+    asked and the ``umap-learn`` package is installed (PCA otherwise).
+    """
     x = np.asarray(features, dtype=np.float64)
     x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
     if method == "umap":
@@ -181,7 +182,8 @@ def similarity_pairs(emb: SplitEmbeddings, max_pairs: int = 20000, seed: int = 0
 
 def nearest_neighbours(emb: SplitEmbeddings, queries: Sequence[int], k: int = 4) -> np.ndarray:
     """``(Q, k)`` item indices of the ``k`` most similar items (cosine) to each query item, excluding
-    the query's own location; -1 pads when fewer exist."""
+    the query's own location; -1 pads when fewer exist.
+    """
     sim = cosine_matrix(emb.features)
     out = np.full((len(queries), k), -1, dtype=np.int64)
     for r, q in enumerate(queries):

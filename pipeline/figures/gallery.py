@@ -60,7 +60,8 @@ def percentile_stretch(values: np.ndarray, valid: np.ndarray | None = None,
 def s2_composite(image: np.ndarray, bands: Sequence[str], rgb: Sequence[str] = TRUE_COLOUR,
                  clear: np.ndarray | None = None) -> np.ndarray:
     """``(H, W, 3)`` float RGB in [0, 1] from an S2 ``(band, H, W)`` DN array (module docstring);
-    ``clear`` (``(H, W)`` bool, e.g. pixels with a Dynamic World label) restricts the stretch range."""
+    ``clear`` (``(H, W)`` bool, e.g. pixels with a Dynamic World label) restricts the stretch range.
+    """
     bands = list(bands)
     missing = [b for b in rgb if b not in bands]
     if missing:
@@ -122,7 +123,8 @@ def _s2_modality(group) -> str | None:
 @styled
 def patch_seasons_figure(store: str, patch: int, storage_options: dict | None = None):
     """One location, its seasons in date order as columns; rows S2 true colour, S2 false colour
-    (B8/B4/B3), S1 VV/VH/ratio and the Dynamic World map with a legend. ``patch`` is an archive index."""
+    (B8/B4/B3), S1 VV/VH/ratio and the Dynamic World map with a legend. ``patch`` is an archive index.
+    """
     from pipeline.archive import Archive
 
     group = Archive.of(store, storage_options).open()

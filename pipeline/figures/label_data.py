@@ -80,7 +80,8 @@ def own_thresholds(provenance: dict[str, Any] | None, manifest_labels: dict[str,
     """Thresholds the archive's *computed* vectors (``label_fraction``) were made with: the current
     provenance record's, else the latest record in its history that has them (an import of published
     labels records none), else the manifest's ``labels`` section (defaults of
-    :class:`pipeline.manifest.LabelsConfig`)."""
+    :class:`pipeline.manifest.LabelsConfig`).
+    """
     from pipeline.manifest import LabelsConfig
 
     records = [] if provenance is None else [provenance] + list(reversed(provenance.get("history", [])))

@@ -41,7 +41,8 @@ def class_frequency_figure(table: LabelTable):
 def draw_class_frequencies(c: dict[str, Any], classes: tuple[str, ...], palette: list[str], n_locations: int,
                            n_seasons: int):
     """:func:`class_frequency_figure` from counts shaped as :func:`~pipeline.figures.label_stats.class_counts`
-    returns them, for callers that have counts but no label table (:mod:`pipeline.figures.summary_plots`)."""
+    returns them, for callers that have counts but no label table (:mod:`pipeline.figures.summary_plots`).
+    """
     fig = new_figure(11, 4.2)
     ax, ax2 = fig.subplots(1, 2, width_ratios=[1.4, 1])
     y = np.arange(len(classes))
@@ -86,7 +87,8 @@ def cooccurrence_figure(table: LabelTable):
 @styled
 def draw_cooccurrence(c: dict[str, Any], classes: tuple[str, ...]):
     """:func:`cooccurrence_figure` from statistics shaped as :func:`~pipeline.figures.label_stats.cooccurrence`
-    returns them."""
+    returns them.
+    """
     fig = new_figure(13, 5.8)
     ax1, ax2 = fig.subplots(1, 2)
     _matrix(ax1, c["conditional"], c["counts"], classes, "viridis", 0.0, 1.0, ".2f",

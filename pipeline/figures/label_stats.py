@@ -4,7 +4,8 @@ Every function takes plain arrays (those of :class:`pipeline.figures.label_data.
 are easy to test and reuse. Notation: ``P`` locations, ``S`` seasons, ``K`` classes; an *image* is one
 (location, season); an image is *labelled* when at least one class is present in its multi-hot vector.
 
-* :func:`cooccurrence` (:func:`cooccurrence_from_counts`) — counts ``C[i, j]`` of labelled images with classes i and j both present,
+* :func:`cooccurrence` (:func:`cooccurrence_from_counts`) — counts ``C[i, j]`` of labelled images with classes i
+  and j both present,
   conditional ``P(j | i) = C[i, j] / C[i, i]`` and **lift** ``C[i, j] · N / (C[i, i] · C[j, j])`` with
   ``N`` labelled images, i.e. ``P(i, j) / (P(i) P(j))``; ``PMI = log2(lift)`` (Church & Hanks 1990,
   "Word association norms, mutual information, and lexicography"). Lift makes rare pairs visible:
@@ -67,7 +68,8 @@ def cooccurrence(multi_hot: np.ndarray) -> dict[str, Any]:
 
 def cooccurrence_from_counts(counts: np.ndarray, n_labelled: int) -> dict[str, Any]:
     """:func:`cooccurrence` from the counts ``C`` (K, K) and ``N`` alone (e.g. those of
-    :func:`pipeline.labels.summary_statistics`)."""
+    :func:`pipeline.labels.summary_statistics`).
+    """
     c = np.asarray(counts)
     n = int(n_labelled)
     diag = np.diag(c).astype(np.float64)

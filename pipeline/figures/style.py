@@ -77,7 +77,8 @@ def hex_to_rgb(colour: str) -> tuple[float, float, float]:
 
 def dw_lookup_table(nodata_colour: str = NODATA_COLOUR) -> np.ndarray:
     """``(256, 3)`` float RGB table indexed by a label-map value: the DW colours, ``nodata_colour``
-    for :data:`~pipeline.bands.LABEL_NODATA` and mid grey for any other (invalid) value."""
+    for :data:`~pipeline.bands.LABEL_NODATA` and mid grey for any other (invalid) value.
+    """
     table = np.full((256, 3), 0.5)
     for k, colour in enumerate(DW_PALETTE):
         table[k] = hex_to_rgb(colour)
@@ -110,7 +111,8 @@ def pretty(name: str) -> str:
 
 def show(fig, dpi: int = DEFAULT_DPI) -> None:
     """Show ``fig`` in a notebook as a PNG (it has no pyplot manager to show it); outside IPython, print
-    its size instead (a notebook run as a script)."""
+    its size instead (a notebook run as a script).
+    """
     import io
 
     buf = io.BytesIO()

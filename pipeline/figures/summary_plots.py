@@ -28,7 +28,8 @@ def _classes_and_palette(stats: dict[str, Any]) -> tuple[tuple[str, ...], list[s
 
 def plot_class_frequencies(stats: dict[str, Any], path_png: str | Path, dpi: int = DEFAULT_DPI) -> str:
     """Images per class and labels per image (as ``class_frequencies.png`` of ``softcon plot labels``); writes
-    a PNG of the summary statistics ``stats`` and returns its path."""
+    a PNG of the summary statistics ``stats`` and returns its path.
+    """
     classes, palette = _classes_and_palette(stats)
     n_done = int(stats["n_patches_done"])
     counts = {"counts": np.asarray(stats["class_counts"], dtype=np.int64),
@@ -42,7 +43,8 @@ def plot_class_frequencies(stats: dict[str, Any], path_png: str | Path, dpi: int
 
 def plot_cooccurrence(stats: dict[str, Any], path_png: str | Path, dpi: int = DEFAULT_DPI) -> str:
     """Conditional co-occurrence and PMI (as ``cooccurrence.png`` of ``softcon plot labels``); writes a PNG of
-    the summary statistics ``stats`` and returns its path."""
+    the summary statistics ``stats`` and returns its path.
+    """
     classes, _ = _classes_and_palette(stats)
     c = cooccurrence_from_counts(np.asarray(stats["cooccurrence"], dtype=np.int64), int(stats["n_labelled"]))
     return str(save_png(draw_cooccurrence(c, classes), path_png, dpi))

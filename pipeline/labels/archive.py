@@ -58,7 +58,8 @@ CODEC_BATCH = 64
 def _label_region(dw: da.Array, frac_arr: zarr.Array, mh_arr: zarr.Array, p0: int, p1: int, sel: np.ndarray,
                   n_classes: int, nodata: int, presence_threshold: float, min_valid_fraction: float) -> int:
     """Label vectors of the done patches ``sel`` in ``[p0, p1)``, written as one region; returns the
-    number of labelled patch-seasons. Patches that are not done keep their stored vectors."""
+    number of labelled patch-seasons. Patches that are not done keep their stored vectors.
+    """
     block = dw[p0:p1] if sel.size == p1 - p0 else dw[sel]
     frac_d, mh_d = label_vectors_dask(block, n_classes, nodata, presence_threshold, min_valid_fraction)
     frac_new, mh_new = dask.compute(frac_d, mh_d)

@@ -61,7 +61,8 @@ def provenance_record(source: str, presence_threshold: float | None, min_valid_f
 def _reconstructed(attrs: dict[str, Any]) -> dict[str, Any] | None:
     """A record for an archive written before ``label_provenance`` existed, from its older attributes:
     the manifest's thresholds at creation, then ``labels_recomputed`` and ``published_labels`` in time
-    order (each of those only tells the *last* run of its kind). None without any of them."""
+    order (each of those only tells the *last* run of its kind). None without any of them.
+    """
     steps: list[dict[str, Any]] = []
     labels = attrs.get("manifest", {}).get("labels") if isinstance(attrs.get("manifest"), dict) else None
     if isinstance(labels, dict):
@@ -89,7 +90,8 @@ def _reconstructed(attrs: dict[str, Any]) -> dict[str, Any] | None:
 
 def read_label_provenance(group: zarr.Group) -> dict[str, Any] | None:
     """The archive's label-provenance record: the ``label_provenance`` attribute, or one rebuilt from the
-    older attributes for an archive written before it existed (None when nothing is known)."""
+    older attributes for an archive written before it existed (None when nothing is known).
+    """
     attrs = dict(group.attrs)
     current = attrs.get(LABEL_PROVENANCE_ATTR)
     if isinstance(current, dict):
@@ -101,7 +103,8 @@ def update_label_provenance(group: zarr.Group, source: str, presence_threshold: 
                             min_valid_fraction: float | None, **details: Any) -> dict[str, Any]:
     """Set a new label-provenance record (after the vectors are written); the current record, without its
     ``history``, is appended to the history. The thresholds are mirrored into the ``multi_hot``
-    attributes. Returns the new record."""
+    attributes. Returns the new record.
+    """
     previous = read_label_provenance(group)
     history: list[dict[str, Any]] = []
     if previous is not None:

@@ -97,7 +97,8 @@ def summary_statistics(store: str, storage_options: dict[str, Any] | None = None
 
 def label_summary(stats: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers of :func:`summary_statistics` for an archive summary (``softcon inspect``):
-    ``labelled_images`` and ``class_frequency`` by class name (0.0 when nothing is labelled)."""
+    ``labelled_images`` and ``class_frequency`` by class name (0.0 when nothing is labelled).
+    """
     freq = np.nan_to_num(np.asarray(stats["class_frequency"], dtype=np.float64), nan=0.0)
     return {"labelled_images": int(stats["n_labelled"]),
             "class_frequency": {c: float(f) for c, f in zip(stats["classes"], freq)}}

@@ -20,16 +20,16 @@ for clouds, shadows and pixels outside the product) with ``H * W`` pixels::
 
 Thresholds are **our documented choice**, not the published one: in SSL4EO-S12-ML a class is
 taken to be present when its pixel count or fraction passes a threshold, but the rule and its value
-are not published with the labels (github.com/zhu-xlab/softcon), so this is our choice. The defaults (``presence_threshold = 0.01``, i.e.
-a class must cover more than 1 % of the valid pixels, and ``min_valid_fraction = 0.1``) come from
-:class:`pipeline.manifest.LabelsConfig`, where they are explained.
+are not published with the labels (github.com/zhu-xlab/softcon), so this is our choice. The defaults
+(``presence_threshold = 0.01``, i.e. a class must cover more than 1 % of the valid pixels, and
+``min_valid_fraction = 0.1``) come from :class:`pipeline.manifest.LabelsConfig`, where they are explained.
 
 Computation: :func:`label_vectors` works on any leading dims. For up to 32 classes (Dynamic World
 has 9) it counts each map by one comparison per class, the map staying in cache; for more, with one
 ``np.bincount`` over the whole batch (bin ``map_index * (K + 1) + class``, nodata in slot ``K``).
 :func:`label_vectors_dask` applies it per chunk with ``map_blocks`` (chunks hold whole maps).
-:func:`pipeline.labels.archive.compute_archive_labels` streams it over a Zarr archive, and :mod:`pipeline.labels.summary`
-reduces the stored vectors.
+:func:`pipeline.labels.archive.compute_archive_labels` streams it over a Zarr archive, and
+:mod:`pipeline.labels.summary` reduces the stored vectors.
 """
 
 from __future__ import annotations

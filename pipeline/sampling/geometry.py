@@ -1,5 +1,6 @@
 """Sphere and UTM geometry of the sampler: unit vectors, chords, great-circle distances, metric
-offsets in a local tangent frame, UTM zones and projections (R = 6371 km, see :mod:`.sampler`)."""
+offsets in a local tangent frame, UTM zones and projections (R = 6371 km, see :mod:`.sampler`).
+"""
 
 from __future__ import annotations
 

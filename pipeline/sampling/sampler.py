@@ -9,8 +9,8 @@ enough centres are found. Its seed is 42, but the city choice used an unseeded g
 released coordinates cannot be regenerated; this module reproduces the *procedure*, not the list.
 
 Algorithm (:func:`sample_locations`)
-    1. :func:`pipeline.sampling.cities.load_cities` gives the city table sorted by population (descending, ties broken by name,
-       lon, lat) and keeps the top ``top_n_cities`` rows.
+    1. :func:`pipeline.sampling.cities.load_cities` gives the city table sorted by population (descending,
+       ties broken by name, lon, lat) and keeps the top ``top_n_cities`` rows.
     2. Candidates are drawn in vectorised batches from one ``numpy.random.Generator`` seeded
        with ``[seed, _STREAM]`` (no global state; a negative seed is taken modulo 2**64):
        a city index uniform in ``[0, N)`` and a standard-normal pair (east, north) × σ km.

@@ -28,7 +28,8 @@ import rasterio
 from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.warp import Resampling, reproject, transform_bounds
-from rasterio.windows import Window, from_bounds as window_from_bounds
+from rasterio.windows import Window
+from rasterio.windows import from_bounds as window_from_bounds
 
 from pipeline.bands import DW_CLASSES, LABEL_NODATA
 from pipeline.crosswalks import CROSSWALKS, apply_crosswalk

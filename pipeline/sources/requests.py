@@ -85,7 +85,8 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
 
 def typed_errors_only(err: BaseException, context: str) -> SourceError | None:
     """The default classification: a retryable :class:`SourceError` is retried, another one raised, and
-    anything else (a programming error) stops the run unchanged."""
+    anything else (a programming error) stops the run unchanged.
+    """
     if isinstance(err, SourceError):
         return None if err.retryable else err
     raise err

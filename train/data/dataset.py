@@ -152,7 +152,8 @@ class ArchiveDataset(Dataset):
     def training_data(self) -> dict[str, Any]:
         """What this data set trains on, as a pretraining run records it (``training_data.json``):
         the archive, its manifest hash, the splits (``"all"`` when not restricted by split), the
-        archive's split record (or ``None``), and the ``patch_id`` of each patch, in index order."""
+        archive's split record (or ``None``), and the ``patch_id`` of each patch, in index order.
+        """
         ids = self.archive.patch_ids()
         return {"archive": self.store, "archive_manifest_hash": self.archive.manifest_hash,
                 "splits": ALL_SPLITS if self.splits is None else self.splits,
@@ -204,7 +205,8 @@ class ArchiveDataset(Dataset):
 
     def _labels(self, arrays, p: int, s: int) -> tuple[np.ndarray, np.ndarray]:
         """Label vectors of (p, s). The small label arrays are read one whole chunk (a shard's patches)
-        at a time and kept for the life of the process (9 float32 + 9 uint8 per patch-season)."""
+        at a time and kept for the life of the process (9 float32 + 9 uint8 per patch-season).
+        """
         lf, mh = arrays["label_fraction"], arrays["multi_hot"]
         step = int(lf.chunks[0])
         start = p - p % step
@@ -276,7 +278,8 @@ NAME_KEYS = ("bands", "bands2")
 
 def collate_items(items: list[dict[str, Any]]) -> dict[str, Any]:
     """``default_collate`` of item dicts, except the band-name keys (:data:`NAME_KEYS`): a batch holds
-    them once, as a list of names (the items of one data set share them)."""
+    them once, as a list of names (the items of one data set share them).
+    """
     names = {k: list(items[0][k]) for k in NAME_KEYS if k in items[0]}
     batch = default_collate([{k: v for k, v in item.items() if k not in names} for item in items])
     batch.update(names)

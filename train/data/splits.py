@@ -39,7 +39,8 @@ TRAINING_DATA_FILE = "training_data.json"
 
 def training_data_json(record: dict[str, Any]) -> str:
     """The one JSON text of a training-data record: ``training_data.json`` and the exported
-    backbone's safetensors metadata key ``training_data`` hold exactly this string."""
+    backbone's safetensors metadata key ``training_data`` hold exactly this string.
+    """
     return json.dumps(record, separators=(",", ":"))
 
 

@@ -116,7 +116,8 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
 
 def checkpoint_label(checkpoint: str | os.PathLike) -> str:
     """Short display name: the run folder name for ``<run>/backbone.safetensors`` and epoch
-    checkpoints, the file stem otherwise; baselines keep their spelling."""
+    checkpoints, the file stem otherwise; baselines keep their spelling.
+    """
     text = os.fspath(checkpoint)
     if text == PIXELS or text.startswith(RANDOM_PREFIX):
         return text
@@ -184,7 +185,8 @@ def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
 
 class PixelStatistics(nn.Module):
     """Raw-pixel baseline: per-band spatial mean and std (``2·C``), optionally plus a
-    ``grid × grid`` average-pooled image (``C·grid²``). No parameters."""
+    ``grid × grid`` average-pooled image (``C·grid²``). No parameters.
+    """
 
     def __init__(self, in_chans: int, grid: int = 0):
         super().__init__()

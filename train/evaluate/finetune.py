@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from train.evaluate.features import prepare_batch, resolve_device
 from train.evaluate.bootstrap import BootstrapConfig, classification_intervals
+from train.evaluate.features import prepare_batch, resolve_device
 from train.evaluate.probe import classification_metrics
 
 __all__ = ["FinetuneModel", "dihedral_augment", "finetune"]
@@ -136,7 +136,8 @@ def finetune(backbone: nn.Module, train_set: Dataset, test_set: Dataset | None, 
         for i, batch in enumerate(loader):
             if i >= steps_per_epoch:
                 break
-            factor = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            cosine = 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            factor = (step + 1) / warm if step < warm else cosine
             for grp, base in zip(opt.param_groups, base_lrs):
                 grp["lr"] = base * factor
             x = prepare_batch(batch["image"], normalizer, resize_to)
@@ -175,7 +176,8 @@ def finetune(backbone: nn.Module, train_set: Dataset, test_set: Dataset | None, 
         if cfg is not None:
             intervals = classification_intervals(torch.cat(scores), torch.cat(targets), num_classes, threshold=0.0,
                                                  groups=test_groups, config=cfg)
-    return {"metrics": metrics, "per_class_ap": per_class, **({"intervals": intervals} if intervals else {}), "train_losses": epoch_losses, "step_losses": step_losses,
+    return {"metrics": metrics, "per_class_ap": per_class, **({"intervals": intervals} if intervals else {}),
+            "train_losses": epoch_losses, "step_losses": step_losses,
             "config": {"epochs": epochs, "lr": lr, "head_lr": head_lr, "weight_decay": weight_decay,
                        "batch_size": batch_size, "warmup_epochs": warmup_epochs, "seed": seed,
                        "augment": "dihedral" if augment else None, "resize_to": resize_to,

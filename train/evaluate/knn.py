@@ -108,7 +108,7 @@ def knn_evaluate(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
                  num_classes: int | None = None, chunk_size: int | None = None,
                  device: str | torch.device = "cpu", bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
                  groups: Any = None) -> dict[str, Any]:
-    """kNN metrics for each ``k``.
+    """KNN metrics for each ``k``.
 
     Args:
         bootstrap: interval settings (:class:`~train.evaluate.bootstrap.BootstrapConfig` or a

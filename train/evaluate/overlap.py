@@ -35,7 +35,8 @@ __all__ = ["TRAINING_DATA_FILE", "TRAINING_DATA_KEY", "check_training_overlap", 
 def _run_dir_of(path: Path) -> Path | None:
     """The pretraining run folder of one of its own weight files (``<run>/backbone*.safetensors``,
     ``<run>/checkpoints/epoch-*.safetensors``), else None: a foreign file in some folder must not
-    borrow that folder's record."""
+    borrow that folder's record.
+    """
     if path.suffix != ".safetensors":
         return None
     if path.parent.name == CHECKPOINT_DIR and path.name.startswith("epoch-"):

@@ -77,7 +77,8 @@ def _md_escape(text: str) -> str:
 
 def results_table(results: Mapping[str, Any]) -> str:
     """The markdown comparison table (rows: checkpoints; columns: headline metrics × 100, with the
-    bootstrap interval as ``value [low, high]`` where the protocol computed one)."""
+    bootstrap interval as ``value [low, high]`` where the protocol computed one).
+    """
     rows = results.get("checkpoints", {})
     cols = _columns(rows)
     header = ["checkpoint", "kind", "backbone", "dim"] + [f"{p} {m}" for p, m in cols]

@@ -281,7 +281,8 @@ def _composite(image: torch.Tensor, channels: list[int] | None) -> np.ndarray:
 
 def _stretch(composites: list[np.ndarray]) -> list[np.ndarray]:
     """One 2–98 % percentile stretch per display channel, shared by every tile of the figure, so
-    colours and brightness are comparable between the query and its results."""
+    colours and brightness are comparable between the query and its results.
+    """
     stack = np.stack(composites)  # (n, 3, H, W)
     out = np.empty_like(stack)
     for c in range(stack.shape[1]):

@@ -135,7 +135,8 @@ def _unique_labels(checkpoints: Sequence[str]) -> list[str]:
 
 # ============================================================================ evaluate
 def evaluate(checkpoints: Sequence[str | os.PathLike], task: str, task_kwargs: Mapping[str, Any] | None = None,
-             protocols: Sequence[str] = ("linear", "logistic", "knn", "retrieval"), out_dir: str | os.PathLike = "output/eval",
+             protocols: Sequence[str] = ("linear", "logistic", "knn", "retrieval"),
+             out_dir: str | os.PathLike = "output/eval",
              fraction: float | None = None, seed: int = 0, device: str = "auto", baselines: bool = True, *,
              backbone_name: str | None = None, batch_size: int = 64, num_workers: int = 0,
              cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR, resize_to: int | None = None,

@@ -25,7 +25,7 @@ __all__ = ["aggregate_seeds", "seeds_markdown", "write_seed_summary"]
 
 
 def aggregate_seeds(results: Mapping[int, Mapping[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
-    """checkpoint → protocol → metric → ``{"mean", "std", "values"}`` over the seeds' ``results.json`` dicts."""
+    """Checkpoint → protocol → metric → ``{"mean", "std", "values"}`` over the seeds' ``results.json`` dicts."""
     seeds = sorted(results)
     out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
     labels = list(results[seeds[0]]["checkpoints"])

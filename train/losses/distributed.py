@@ -1,5 +1,6 @@
 """All-gathers across ranks for the losses (module docstring of :mod:`train.losses.common`:
-"Distributed convention"): keys with gradient, labels and queue keys without."""
+"Distributed convention"): keys with gradient, labels and queue keys without.
+"""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ __all__ = ["InfoNCELoss", "NTXentLoss", "diagonal_nll", "infonce_logits"]
 
 def diagonal_nll(logits: Tensor, offset: int) -> Tensor:
     """Per-anchor ``-log softmax(logits_i)[offset + i]``: :func:`soft_target_nll` with a one-hot target,
-    computed by picking the one column instead of weighting the whole row."""
+    computed by picking the one column instead of weighting the whole row.
+    """
     columns = torch.arange(logits.shape[0], device=logits.device) + offset
     return F.cross_entropy(logits, columns, reduction="none")
 

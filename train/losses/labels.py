@@ -1,5 +1,6 @@
 """Label matrices for the supervised losses: class indices or multi-hot/fraction rows, label
-similarities (cosine, Jaccard) and positive-pair masks."""
+similarities (cosine, Jaccard) and positive-pair masks.
+"""
 
 from __future__ import annotations
 

@@ -125,7 +125,8 @@ class MACLLoss(nn.Module):
     rarity: Tensor
 
     #: How the training step calls it (:mod:`train.losses.contract`).
-    contract: ClassVar[LossContract] = LossContract(LossCall.STACKED_VIEWS, Online.PROJECTION, labelled=True, class_counts=True)
+    contract: ClassVar[LossContract] = LossContract(LossCall.STACKED_VIEWS, Online.PROJECTION, labelled=True,
+                                                    class_counts=True)
 
     def __init__(
         self,

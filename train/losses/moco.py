@@ -168,14 +168,16 @@ class MoCoV2Loss(nn.Module):
     @torch.no_grad()
     def enqueue(self, k: Tensor) -> None:
         """Enqueue the L2-normalised keys ``k`` ``[n, dim]`` (all ranks' keys, in rank order, when
-        ``gather_distributed``: every rank must call it, as for ``concat_all_gather``)."""
+        ``gather_distributed``: every rank must call it, as for ``concat_all_gather``).
+        """
         k_n = F.normalize(k.detach().to(compute_dtype(k)), dim=1)
         self.queue.enqueue(gather_no_grad(k_n) if self.gather_distributed else k_n)
 
     def symmetric(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor) -> Tensor:
         """``L(q1, k2) + L(q2, k1)``, both against the queue as it was before the call; then the keys
         of both views are enqueued once, ``k1`` before ``k2`` (``q*``: online, ``k*``: momentum
-        encoder; index = view)."""
+        encoder; index = view).
+        """
         loss = self(q1, k2, update_queue=False) + self(q2, k1, update_queue=False)
         self.enqueue(torch.cat([k1, k2], dim=0))
         return loss

@@ -64,7 +64,8 @@ class MulSupConLoss(nn.Module):
     """
 
     #: How the training step calls it (:mod:`train.losses.contract`).
-    contract: ClassVar[LossContract] = LossContract(LossCall.OWN_SYMMETRIC, Online.PREDICTION, labelled=True, queue_dim=True)
+    contract: ClassVar[LossContract] = LossContract(LossCall.OWN_SYMMETRIC, Online.PREDICTION, labelled=True,
+                                                    queue_dim=True)
 
     def __init__(
         self,
@@ -122,7 +123,8 @@ class MulSupConLoss(nn.Module):
     @torch.no_grad()
     def enqueue(self, k: Tensor, labels: Tensor) -> None:
         """Enqueue keys ``k`` ``[n, d]`` with their (binarised) label rows, as ``forward`` does with
-        ``update_queue=True`` (all ranks' rows, in rank order, with ``gather_distributed``)."""
+        ``update_queue=True`` (all ranks' rows, in rank order, with ``gather_distributed``).
+        """
         if self.queue is None:
             return
         lab = binarize_labels(to_label_matrix(labels, self.num_classes)).to(k.device)
@@ -133,7 +135,8 @@ class MulSupConLoss(nn.Module):
     def symmetric(self, q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, labels: Tensor) -> Tensor:
         """``L(q1, k2) + L(q2, k1)`` (both views share ``labels``), both against the queue as it was
         before the call; then the keys of both views are enqueued once, ``k1`` before ``k2`` (as
-        :meth:`train.losses.moco.MoCoV2Loss.symmetric`)."""
+        :meth:`train.losses.moco.MoCoV2Loss.symmetric`).
+        """
         loss = self(q1, k2, labels, update_queue=False) + self(q2, k1, labels, update_queue=False)
         self.enqueue(torch.cat([k1, k2]), torch.cat([labels, labels]))
         return loss

@@ -1,5 +1,6 @@
 """Multi-view batches as anchor and key rows (the SupContrast view-major layout, Khosla et al. 2020,
-"Supervised Contrastive Learning", github.com/HobbitLong/SupContrast)."""
+"Supervised Contrastive Learning", github.com/HobbitLong/SupContrast).
+"""
 
 from __future__ import annotations
 

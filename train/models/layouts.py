@@ -71,7 +71,7 @@ def _adapt_vit(
 def _adapt_resnet(
     sd: dict[str, torch.Tensor], model: ResNet, report: LoadReport
 ) -> dict[str, torch.Tensor]:
-    """torchvision / DINO / SoftCon ResNet layout → timm ``ResNet``.
+    """Torchvision / DINO / SoftCon ResNet layout → timm ``ResNet``.
 
     timm's ResNet uses torchvision's names (``conv1``, ``bn1``, ``layerK.J.{conv1..3,bn1..3,
     downsample.0,downsample.1}``), so the only change is dropping the classifier ``fc.*``, which a

@@ -66,7 +66,7 @@ def random_patch_mask(
 def vit_forward_masked(
     model: VisionTransformer, x: torch.Tensor, keep_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """timm ViT forward that drops masked patch tokens; returns pooled features ``(B, D)``.
+    """Timm ViT forward that drops masked patch tokens; returns pooled features ``(B, D)``.
 
     Follows ``forward_features`` + ``forward_head(pre_logits=True)``: patch embedding, prefix
     tokens (CLS, registers) and positional embedding; then only the prefix tokens and the *kept*

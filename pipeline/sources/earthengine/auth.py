@@ -60,7 +60,8 @@ def service_account_credentials(path: str, where: str) -> Any:
 
 def check_credentials(options: EarthEngineSourceOptions) -> None:
     """Raise :class:`EarthEngineAuthError` when no credentials can be found. Offline: a service-account key
-    is loaded, stored user credentials are only looked up (Earth Engine checks them when the run starts)."""
+    is loaded, stored user credentials are only looked up (Earth Engine checks them when the run starts).
+    """
     path, where = key_path(options)
     if path:
         service_account_credentials(path, where)

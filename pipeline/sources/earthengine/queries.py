@@ -146,7 +146,8 @@ def pixel_image(modality: str, image_index: str, bands: tuple[str, ...], grid_re
                 resampling: str = "bilinear", harmonized: bool = False, nodata: float | None = None) -> ee.Image:
     """The selected asset's ``bands`` (canonical order), resampled, unmasked to ``nodata`` (default the
     modality's :data:`NODATA_VALUE`: 0 for S2, the :data:`S1_NODATA_DB` sentinel for S1), cast to the
-    archive dtype."""
+    archive dtype.
+    """
     if resampling not in EE_RESAMPLING:
         raise ValueError(f"resampling must be one of {sorted(EE_RESAMPLING)}, got {resampling!r}")
     image = ee.Image(f"{collection_id(modality, harmonized)}/{image_index}")
@@ -166,7 +167,8 @@ def pixel_image(modality: str, image_index: str, bands: tuple[str, ...], grid_re
 def s1_nodata_to_nan(data: np.ndarray, floor_db: float = S1_FLOOR_DB) -> np.ndarray:
     """S1 dB pixels as served for :func:`pixel_image` → the archive's convention, in place: NaN for every
     no-data pixel (the :data:`S1_NODATA_DB` sentinel, anything below ``floor_db``, non-finite values);
-    valid values unchanged. Returns ``data``."""
+    valid values unchanged. Returns ``data``.
+    """
     with np.errstate(invalid="ignore"):
         data[~np.isfinite(data) | (data < floor_db)] = np.nan
     return data

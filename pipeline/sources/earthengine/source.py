@@ -150,7 +150,8 @@ class EarthEngineSource:
     def fetch_concurrency(self) -> int:
         """How many (location, season) fetches a shard may run at once: ``options.concurrent_fetches``,
         by default ``max_concurrent_requests`` (a fetch has up to four requests in flight, so that many
-        keep the quota busy while some wait on their answers)."""
+        keep the quota busy while some wait on their answers).
+        """
         return self.options.concurrent_fetches or self.options.max_concurrent_requests
 
     @property
@@ -169,7 +170,8 @@ class EarthEngineSource:
 
     def prepare_concurrent_fetch(self) -> int:
         """Bind the request limits in the calling thread (a shard task's) and say how many fetches may run
-        at once (:attr:`fetch_concurrency`); :func:`pipeline.curate.process_shard` calls it."""
+        at once (:attr:`fetch_concurrency`); :func:`pipeline.curate.process_shard` calls it.
+        """
         _ = self.limiter
         return self.fetch_concurrency
 
@@ -296,7 +298,8 @@ class EarthEngineSource:
 
     def _run_in_order(self, jobs: list[Callable[[], Any]]) -> list[Any]:
         """Results of ``jobs`` in order; with concurrency they overlap and, once all have ended, the first
-        error in list order is raised (the one running them in order would have met first)."""
+        error in list order is raised (the one running them in order would have met first).
+        """
         if self.fetch_concurrency <= 1 or len(jobs) <= 1:
             return [job() for job in jobs]
         with ThreadPoolExecutor(len(jobs), thread_name_prefix="ee-request") as pool:

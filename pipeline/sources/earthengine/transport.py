@@ -117,7 +117,8 @@ def is_throttle(err: BaseException) -> bool:
 
 def call_with_retries(fn: Callable[[], Any], context: str, **kwargs: Any) -> Any:
     """:func:`pipeline.sources.requests.call_with_retries` with Earth Engine's error classification
-    (:func:`classify_error`) and throttle detection (:func:`is_throttle`); same keyword arguments."""
+    (:func:`classify_error`) and throttle detection (:func:`is_throttle`); same keyword arguments.
+    """
     return requests.call_with_retries(fn, context, classify=classify_error, throttle=is_throttle, **kwargs)
 
 

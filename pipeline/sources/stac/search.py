@@ -62,8 +62,9 @@ def patch_footprint(grid: PatchGrid) -> shapely.Polygon:
     """The patch as a WGS84 (lon, lat) polygon, each UTM edge densified to :data:`_EDGE_POINTS` points."""
     west, south, east, north = grid.bounds
     t = np.linspace(0.0, 1.0, _EDGE_POINTS, endpoint=False)
-    xs = np.concatenate([west + (east - west) * t, np.full_like(t, east), east - (east - west) * t, np.full_like(t, west)])
-    ys = np.concatenate([np.full_like(t, north), north - (north - south) * t, np.full_like(t, south), south + (north - south) * t])
+    dx, dy = east - west, north - south
+    xs = np.concatenate([west + dx * t, np.full_like(t, east), east - dx * t, np.full_like(t, west)])
+    ys = np.concatenate([np.full_like(t, north), north - dy * t, np.full_like(t, south), south + dy * t])
     lon, lat = warp_transform(grid.crs, "EPSG:4326", xs.tolist(), ys.tolist())
     return shapely.Polygon(np.column_stack([lon, lat]))
 

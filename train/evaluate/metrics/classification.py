@@ -118,7 +118,8 @@ class WeightedAP:
 
     def __call__(self, weights) -> torch.Tensor:
         """float64 ``(B, C)`` for ``(B, N)`` weights (``(B,)`` for 1-D input or ``flatten``); ``NaN``
-        where a class has no weighted positive."""
+        where a class has no weighted positive.
+        """
         w_all = np.asarray(weights.cpu() if isinstance(weights, torch.Tensor) else weights, dtype=np.float64)
         if w_all.ndim != 2 or w_all.shape[1] != self.n:
             raise ValueError(f"weights must be (B, {self.n}), got {w_all.shape}")

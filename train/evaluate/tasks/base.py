@@ -132,7 +132,8 @@ class EvalTask(Dataset):
     def groups(self) -> np.ndarray:
         """One int64 group per item: items of a group are not independent (the seasons of one
         location). Default: every item is its own group (its index), for data sets of independent
-        patches such as BigEarthNet and EuroSAT; :class:`ArchiveTask` groups by location."""
+        patches such as BigEarthNet and EuroSAT; :class:`ArchiveTask` groups by location.
+        """
         return np.arange(len(self._items), dtype=np.int64)
 
     def __len__(self) -> int:
