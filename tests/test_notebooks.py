@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from archive_helpers import synthetic_archive
-from run_helpers import tiny_run
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = {
@@ -19,10 +17,9 @@ NOTEBOOKS = {
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("notebooks")
-    archive = synthetic_archive(root / "a.zarr", n_locations=12, size_px=32, patches_per_shard=4, cloud_probability=0.3)
-    return archive, tiny_run(archive, root / "run")
+def data(small_run):
+    run, archive = small_run(n_locations=12, size_px=32, patches_per_shard=4, cloud_probability=0.3)
+    return archive, run
 
 
 def _outputs(nb) -> tuple[str, int]:

@@ -19,7 +19,6 @@ from test_source_earthengine import (  # noqa: F401 - ee_offline is a fixture, u
     WINDOW,
     FakeTransport,
     calls,
-    ee_offline,
     expected_pixels,
     graph,
     make_source,

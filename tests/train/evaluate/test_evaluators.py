@@ -240,11 +240,8 @@ def test_report_writes_json_markdown_and_charts(tmp_path):
 
 # --------------------------------------------------------------------------- end to end on a synthetic archive
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    from archive_helpers import synthetic_archive
-
-    path = tmp_path_factory.mktemp("eval-archive") / "a.zarr"
-    return synthetic_archive(path, n_locations=12, size_px=32, patches_per_shard=6, cloud_probability=0.1)
+def archive(small_archive):
+    return small_archive(n_locations=12, size_px=32, patches_per_shard=6, cloud_probability=0.1)
 
 
 def test_evaluate_end_to_end_on_archive(archive, tmp_path):

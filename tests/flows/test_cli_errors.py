@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMANDS = ["validate", "curate", "inspect", "locations", "evaluate", "import-labels", "labels", "pretrain", "stats"]
 
 

@@ -20,7 +20,7 @@ from train.evaluate import backbones, features
 from train.pretrain_config import PretrainConfig
 from train.pretrain_model import Branch, PretrainModel
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def touch(path: Path) -> Path:

@@ -15,7 +15,7 @@ from pipeline.errors import BadInput
 from train.study import load_study_config, plan_units, run_study, study_config_path
 from train.study.config import resolve_paths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOY_ARCHIVE = {"manifest": str(ROOT / "data_manifest.yaml"), "n_locations": 30, "size_px": 16,
                "patches_per_shard": 16, "workers": 1}
 TOY_TRAINING = {"crop_size": 16, "epochs": 1, "max_steps_per_epoch": 2, "warmup_epochs": 0, "batch_size": 8,

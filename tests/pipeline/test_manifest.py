@@ -13,7 +13,7 @@ from flows.cli import app
 from pipeline.bands import DW_CLASSES, S2_L1C_BANDS
 from pipeline.manifest import Manifest, ManifestError, load_manifest, parse_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_reproduce_ssl4eo_s12():

@@ -22,9 +22,8 @@ DPI = 50
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("figures")
-    return synthetic_archive(root / "a.zarr", n_locations=12, size_px=32, patches_per_shard=4, cloud_probability=0.3)
+def archive(small_archive):
+    return small_archive(n_locations=12, size_px=32, patches_per_shard=4, cloud_probability=0.3)
 
 
 def cli(*args: str):

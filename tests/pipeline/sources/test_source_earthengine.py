@@ -25,6 +25,8 @@ import pytest
 
 ee = pytest.importorskip("ee")
 
+from ee_fakes import ALL, GRID, LOC, WINDOW, calls, graph  # noqa: E402
+
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, S2_L1C_BANDS  # noqa: E402
 from pipeline.grid import PatchGrid  # noqa: E402
 from pipeline.locations import Location  # noqa: E402
@@ -50,73 +52,7 @@ from pipeline.sources.earthengine import (  # noqa: E402
 EEException = ee.ee_exception.EEException
 
 
-# ------------------------------------------------------------------------------------------ offline EE
-@pytest.fixture
-def ee_offline(monkeypatch):
-    """Earth Engine initialised against the static algorithm table shipped in the wheel (no network).
-
-    ``_install_cloud_api_resource``, ``_FetchDataCatalogStac`` and ``ee.Reset`` are internal names of
-    earthengine-api 1.7.x: keep this the only place that touches them.
-    """
-    from ee import apitestcase
-
-    monkeypatch.setattr(ee.data, "_install_cloud_api_resource", lambda: None)
-    monkeypatch.setattr(ee.data, "getAlgorithms", apitestcase.GetAlgorithms)
-    monkeypatch.setattr(ee.data, "computeValue", lambda x: {"value": "fakeValue"})
-    monkeypatch.setattr(ee.deprecation, "_FetchDataCatalogStac", lambda: {})
-    ee.Reset()
-    ee.Initialize(None, "", project="offline-test")
-    yield ee
-    ee.Reset()
-
-
-def graph(obj) -> object:
-    """The serialised computation of ``obj`` as nested dicts ``{"fn": name, arg: value, …}``."""
-    data = json.loads(obj.serialize())
-    values = data["values"]
-
-    def node(v):
-        if "valueReference" in v:
-            return node(values[v["valueReference"]])
-        if "constantValue" in v:
-            return v["constantValue"]
-        if "functionInvocationValue" in v:
-            f = v["functionInvocationValue"]
-            return {"fn": f["functionName"], **{k: node(a) for k, a in f.get("arguments", {}).items()}}
-        if "arrayValue" in v:
-            return [node(x) for x in v["arrayValue"]["values"]]
-        if "dictionaryValue" in v:
-            return {k: node(x) for k, x in v["dictionaryValue"]["values"].items()}
-        if "functionDefinitionValue" in v:
-            return {"fn": "<lambda>", "body": node(values[v["functionDefinitionValue"]["body"]])}
-        return v
-
-    return node(values[data["result"]])
-
-
-def calls(tree, fn: str) -> list[dict]:
-    """Every invocation of ``fn`` in a :func:`graph` tree."""
-    found = []
-
-    def walk(t):
-        if isinstance(t, dict):
-            if t.get("fn") == fn:
-                found.append(t)
-            for v in t.values():
-                walk(v)
-        elif isinstance(t, list):
-            for v in t:
-                walk(v)
-
-    walk(tree)
-    return found
-
-
 # ------------------------------------------------------------------------------------------ test data
-LOC = Location(index=12, lon=11.58, lat=48.14, epsg=32632, x=691_600.0, y=5_335_300.0)
-GRID = PatchGrid.for_location(LOC, size=24, resolution=10.0)
-WINDOW = SeasonWindow(season=0, reference=dt.date(2021, 3, 20), start=dt.date(2021, 3, 5), end=dt.date(2021, 4, 4))
-ALL = {name: bands for name, bands in MODALITY_BANDS.items()}
 L1C_ID = "20210318T101021_20210318T101022_T32UPU"
 L2A_ID = "20210401T101021_20210401T101022_T32UPU"
 S1_ID = "S1B_IW_GRDH_1SDV_20210329T053350_20210329T053415_026227_0321A8_8D7B"

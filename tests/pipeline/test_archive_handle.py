@@ -16,9 +16,8 @@ from tests.archive_helpers import synthetic_archive
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    return synthetic_archive(tmp_path_factory.mktemp("handle") / "a.zarr", n_locations=12, size_px=16,
-                             patches_per_shard=4)
+def store(small_archive) -> str:
+    return small_archive(n_locations=12, size_px=16, patches_per_shard=4)
 
 
 def test_layout_comes_from_the_archive_itself_and_matches_the_manifest(store):

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from archive_helpers import synthetic_archive
 from safetensors import safe_open
 
 from train.pretrain import (
@@ -24,9 +23,8 @@ from train.pretrain import (
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    path = tmp_path_factory.mktemp("pretrain-archive") / "a.zarr"
-    return synthetic_archive(path, n_locations=16, size_px=48, patches_per_shard=4, cloud_probability=0.2)
+def archive(small_archive):
+    return small_archive(n_locations=16, size_px=48, patches_per_shard=4, cloud_probability=0.2)
 
 
 def config(archive: str, out, **kw) -> PretrainConfig:
@@ -155,7 +153,7 @@ def test_keep_freed_memory_is_accepted_by_glibc():
     code = ("from train.cpu_memory import keep_freed_memory; "
             "print(keep_freed_memory(), keep_freed_memory(trim_mib=64))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[1])
+                         cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["True", "True"]
 
 

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("ee")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+from ee_fakes import ALL, GRID, LOC, WINDOW  # noqa: E402
 from ee_simulator import LatencyModel, Quota, SimTransport, reset_server, server_stats, start_server  # noqa: E402
-from test_source_earthengine import ALL, GRID, LOC, WINDOW, ee_offline  # noqa: E402,F401  (a fixture)
 
 from pipeline.manifest import EarthEngineSourceOptions  # noqa: E402
 from pipeline.sources.earthengine import EarthEngineSource  # noqa: E402
@@ -82,4 +81,7 @@ def test_concurrent_source_stays_within_its_configured_limits(simulator):
     s = server_stats(simulator)
     assert not errors
     assert s["throttled"] == 0 and s["admitted"] == 4 * 8  # 4 selections + 4 pixel requests per season
-    assert 2 <= s["max_in_flight"] <= 3 and s["max_in_window"] <= 8  # overlapped, never beyond the limits
+    # Overlapped, never beyond the limits. The client starts at most 8 requests per window (tested exactly on a
+    # fake clock in test_ee_concurrency); the server counts arrivals, which scheduling delays on a loaded machine
+    # can bunch up, so here the bound checked is the server's quota (no 429 above, and its own count).
+    assert 2 <= s["max_in_flight"] <= 3 and s["max_in_window"] <= QUOTA.per_window

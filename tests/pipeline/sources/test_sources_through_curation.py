@@ -9,15 +9,18 @@ and a transport that finds no image for one location.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import zlib
 from pathlib import Path
 
+# The Earth Engine offline fixture and graph helpers live in the Earth Engine source tests (the one
+# place that patches earthengine-api internals); reuse them rather than patching twice.
+import ee  # noqa: E402
 import numpy as np
 import pytest
 import rasterio
 import zarr
 from archive_helpers import curate_all
+from ee_fakes import calls, graph  # noqa: E402
 from rasterio.enums import Resampling
 
 from pipeline import curate as steps
@@ -28,12 +31,6 @@ from pipeline.sources import build_source
 from pipeline.sources.earthengine import EarthEngineSource
 from pipeline.sources.ssl4eo_local import SSL4EOLocalSource
 from pipeline.store import MODALITY_ORDER, STATUS_DONE, STATUS_FAILED, date_to_days
-
-# The Earth Engine offline fixture and graph helpers live in the Earth Engine source tests (the one
-# place that patches earthengine-api internals); reuse them rather than patching twice.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ee  # noqa: E402
-from test_source_earthengine import calls, ee_offline, graph  # noqa: E402,F401  (ee_offline: a fixture)
 
 EEException = ee.ee_exception.EEException
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from archive_helpers import synthetic_archive
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -21,9 +20,8 @@ N_RECAL = 3
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bn-archive") / "a.zarr"
-    return synthetic_archive(path, n_locations=8, size_px=32, patches_per_shard=4)
+def archive(small_archive):
+    return small_archive(n_locations=8, size_px=32, patches_per_shard=4)
 
 
 def config(archive: str, out, **kw) -> pretrain.PretrainConfig:

@@ -4,16 +4,18 @@ concurrent curation that writes the same archive as a sequential one, faults and
 
 from __future__ import annotations
 
+import collections
 import random
-import sys
 import threading
 import time
 from pathlib import Path
 
+import ee  # noqa: E402
 import numpy as np
 import pytest
 import zarr
 from archive_helpers import curate_all
+from test_sources_through_curation import AnyLocationTransport  # noqa: E402
 
 from pipeline import curate as steps
 from pipeline.manifest import Manifest
@@ -28,11 +30,6 @@ from pipeline.sources.ratelimit import (
     local_limiter,
 )
 from pipeline.store import STATUS_DONE
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ee  # noqa: E402
-from test_source_earthengine import ee_offline  # noqa: E402,F401  (a fixture)
-from test_sources_through_curation import AnyLocationTransport  # noqa: E402
 
 EEException = ee.ee_exception.EEException
 
@@ -105,14 +102,20 @@ def _max_in_window(times: list[float], window: float) -> int:
 
 def test_sliding_window_rate_never_exceeds_its_leases_in_any_window():
     rate = SlidingWindowRate(threading.BoundedSemaphore(5), window_s=0.2)
-    grants: list[float] = []
-    lock = threading.Lock()
+    deadlines: list[float] = []
+
+    class RecordingDeque(collections.deque):
+        """The limiter's own grant times (deadline - hold), not times seen by a thread that may be descheduled."""
+
+        def append(self, due):
+            deadlines.append(due)
+            super().append(due)
+
+    rate._due = RecordingDeque()
 
     def worker():
         for _ in range(4):
             rate.acquire()
-            with lock:
-                grants.append(time.monotonic())
 
     t0 = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(5)]
@@ -120,6 +123,7 @@ def test_sliding_window_rate_never_exceeds_its_leases_in_any_window():
         t.start()
     for t in threads:
         t.join()
+    grants = [d - rate.hold_s for d in deadlines]
     assert len(grants) == 20
     assert _max_in_window(grants, 0.2) <= 5
     assert time.monotonic() - t0 >= 3 * 0.2 * (1 + RATE_SLACK) - 0.01  # 20 grants need 4 windows

@@ -22,7 +22,7 @@ from pipeline.split import read_split, split_indices, write_split
 from pipeline.statistics import archive_statistics, compute_archive_statistics
 from pipeline.store import STATUS_DONE, STATUS_FAILED, open_group
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision", "timm")
 SIZE = 16
 

@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from archive_helpers import synthetic_archive
-from run_helpers import tiny_run
 from typer.testing import CliRunner
 
 from flows.cli import app
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inspect-run")
-    archive = synthetic_archive(root / "a.zarr", n_locations=10, size_px=32, patches_per_shard=5)
-    return tiny_run(archive, root / "run"), archive
+def run(small_run):
+    return small_run(n_locations=12, size_px=32, patches_per_shard=4, cloud_probability=0.3)
 
 
 def cli(*args: str):
