@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,15 +38,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pipeline.bands import MODALITY_BANDS, S2_NATIVE_RESOLUTION_M  # noqa: E402
-from pipeline.grid import PatchGrid  # noqa: E402
-from pipeline.locations import Location  # noqa: E402
-from pipeline.manifest import StacSourceOptions  # noqa: E402
-from pipeline.seasons import SeasonWindow  # noqa: E402
-from pipeline.sources.stac import StacSource  # noqa: E402
+from pipeline.bands import MODALITY_BANDS, S2_NATIVE_RESOLUTION_M
+from pipeline.grid import PatchGrid
+from pipeline.locations import Location
+from pipeline.manifest import StacSourceOptions
+from pipeline.seasons import SeasonWindow
+from pipeline.sources.stac import StacSource
 
 EPSG, TILE_M, SIZE = 32632, 5280.0, 264
 L2A = MODALITY_BANDS["s2_l2a"]
