@@ -29,3 +29,33 @@ def synthetic_archive(path, n_locations: int, size_px: int, patches_per_shard: i
     })
     curate_all(manifest)
     return str(path)
+
+
+def split_archive_with_a_failed_train_patch(path, size_px: int = 32) -> str:
+    """16 locations with the default split (by city) and the first train patch marked failed: the archive the
+    split-aware statistics and training tests read (done patches of a split, never a failed one).
+    """
+    from pipeline.split import split_indices, write_split
+    from pipeline.store import STATUS_FAILED
+
+    synthetic_archive(path, n_locations=16, size_px=size_px, patches_per_shard=4, top_n_cities=8)
+    write_split(str(path))
+    group = zarr.open_group(str(path), mode="r+")
+    status = group["status"][:]
+    status[int(split_indices(str(path), "train")[0])] = STATUS_FAILED
+    group["status"][:] = status
+    return str(path)
+
+
+def without_split(archive, dest) -> str:
+    """A copy of ``archive`` without its split record, as an archive curated before splits existed."""
+    import shutil
+
+    from pipeline.split import read_split
+
+    shutil.copytree(archive, dest)
+    group = zarr.open_group(str(dest), mode="r+")
+    if "split" in group.attrs:
+        del group.attrs["split"]
+    assert read_split(str(dest)) is None
+    return str(dest)

@@ -5,22 +5,21 @@ statistics file records the splits (and split hash) they were computed on.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from archive_helpers import synthetic_archive
+from archive_helpers import split_archive_with_a_failed_train_patch, without_split
 from typer.testing import CliRunner
 
 import pipeline.statistics
 from flows.cli import app
 from pipeline.errors import BadInput
-from pipeline.split import read_split, split_indices, write_split
+from pipeline.split import read_split, split_indices
 from pipeline.statistics import archive_statistics, compute_archive_statistics
-from pipeline.store import STATUS_DONE, STATUS_FAILED, open_group
+from pipeline.store import STATUS_DONE, open_group
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision", "timm")
@@ -44,13 +43,8 @@ def test_train_data_reexports_the_same_function():
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """16 locations with the default split (by city); one train patch marked failed; NaN S1 pixels."""
-    path = synthetic_archive(tmp_path_factory.mktemp("stats-split") / "a.zarr", n_locations=16, size_px=SIZE,
-                             patches_per_shard=4, top_n_cities=8)
-    write_split(path)
+    path = split_archive_with_a_failed_train_patch(tmp_path_factory.mktemp("stats-split") / "a.zarr", SIZE)
     g = open_group(path, "r+")
-    status = g["status"][:]
-    status[int(split_indices(path, "train")[0])] = STATUS_FAILED
-    g["status"][:] = status
     sar = g["s1_grd"][:]
     sar[int(split_indices(path, "train")[1]), 0, 1, :3] = np.nan
     g["s1_grd"][:] = sar
@@ -59,12 +53,7 @@ def archive(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def no_split_archive(tmp_path_factory, archive):
-    path = tmp_path_factory.mktemp("stats-no-split") / "a.zarr"
-    shutil.copytree(archive, path)
-    g = open_group(str(path), "r+")
-    del g.attrs["split"]
-    assert read_split(str(path)) is None
-    return str(path)
+    return without_split(archive, tmp_path_factory.mktemp("stats-no-split") / "a.zarr")
 
 
 def selected(path: str, splits) -> np.ndarray:

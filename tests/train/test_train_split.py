@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from archive_helpers import synthetic_archive
+from archive_helpers import split_archive_with_a_failed_train_patch, without_split
 from pydantic import ValidationError
 from safetensors import safe_open
 from typer.testing import CliRunner
@@ -19,7 +19,7 @@ import train.pretrain
 from flows.cli import app
 from pipeline.errors import BadInput
 from pipeline.split import read_split, split_indices, write_split
-from pipeline.store import STATUS_DONE, STATUS_FAILED, open_group
+from pipeline.store import STATUS_DONE, open_group
 from train.pretrain import (
     PretrainConfig,
     _build_data,
@@ -34,26 +34,13 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """16 locations of 32 px with the default split (by city); one train patch marked failed."""
-    path = synthetic_archive(tmp_path_factory.mktemp("split-archive") / "a.zarr", n_locations=16, size_px=SIZE,
-                             patches_per_shard=4, top_n_cities=8)
-    write_split(path)
-    g = open_group(path, "r+")
-    status = g["status"][:]
-    status[int(split_indices(path, "train")[0])] = STATUS_FAILED
-    g["status"][:] = status
-    return path
+    return split_archive_with_a_failed_train_patch(tmp_path_factory.mktemp("split-archive") / "a.zarr", SIZE)
 
 
 @pytest.fixture(scope="module")
 def no_split_archive(tmp_path_factory, archive):
     """The same archive without a split (its record removed, as in an archive curated before splits)."""
-    path = tmp_path_factory.mktemp("no-split") / "a.zarr"
-    shutil.copytree(archive, path)
-    g = open_group(str(path), "r+")
-    if "split" in g.attrs:
-        del g.attrs["split"]
-    assert read_split(str(path)) is None
-    return str(path)
+    return without_split(archive, tmp_path_factory.mktemp("no-split") / "a.zarr")
 
 
 def config(archive: str, out, **kw) -> PretrainConfig:
