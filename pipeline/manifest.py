@@ -25,11 +25,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     ValidationError,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -286,6 +288,14 @@ class LabelsConfig(_Strict):
     """
     min_valid_fraction: Annotated[StrictFloat, Field(ge=0, le=1)] = 0.1
     """Below this fraction of labelled pixels a season is recorded as unlabelled (all-zero multi-hot)."""
+    dw_probabilities: StrictBool = False
+    """Also store ``dw_probability`` [patch, season, class]: the mean of Dynamic World's per-class
+    probability bands over the season's valid label pixels (float32, zeros when no pixel is valid; see
+    :mod:`pipeline.reference`), a soft label that pretraining can take (``loss.labels: dw_probability``).
+    Earth Engine fetches the 9 probability bands of the label image; the synthetic source derives them
+    from its label-noise model; other sources refuse it (``softcon validate``). It changes the archive,
+    so it is part of the content hash; while off it is left out of every dump, so manifests and archives
+    made before it existed keep their hash."""
 
     @model_validator(mode="after")
     def _check(self) -> "LabelsConfig":
@@ -294,6 +304,13 @@ class LabelsConfig(_Strict):
         if len(self.palette) != len(self.classes):
             raise ValueError("palette must have one colour per class")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_switch_while_off(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        if not self.dw_probabilities:
+            data.pop("dw_probabilities", None)
+        return data
 
 
 class CompressorConfig(_Strict):

@@ -7,6 +7,8 @@
 * ``source.earthengine``: credentials can be found (no request is sent);
 * ``source.stac``: a collection for every enabled modality, a local static catalog exists, the
   land-cover crosswalk is known and the ``sign`` hook imports (no request is sent);
+* ``labels.dw_probabilities``: only the sources that serve Dynamic World probabilities (synthetic,
+  Earth Engine) accept it;
 * ``sampling.city_table``: a CSV city table exists;
 * ``pretrain.config``: when ``pretrain.enabled``, the training config exists and is valid.
 
@@ -29,6 +31,7 @@ def preflight(manifest: Manifest) -> list[str]:
     problems += _store_problems(manifest.store.path)
     problems += _store_target_problems(manifest)
     problems += _source_problems(manifest)
+    problems += _labels_problems(manifest)
     problems += _city_table_problems(manifest.sampling.city_table)
     problems += _pretrain_problems(manifest)
     return problems
@@ -89,6 +92,19 @@ def _source_problems(manifest: Manifest) -> list[str]:
             check_credentials(source.earthengine or EarthEngineSourceOptions())
         except EarthEngineAuthError as err:
             return [f"source.earthengine: {err}"]
+    return []
+
+
+#: Sources that can store Dynamic World's class probabilities (``labels.dw_probabilities``).
+DW_PROBABILITY_SOURCES = ("synthetic", "earthengine")
+
+
+def _labels_problems(manifest: Manifest) -> list[str]:
+    """``labels.dw_probabilities`` needs a source that serves Dynamic World's probability bands."""
+    kind = manifest.source.kind
+    if manifest.labels.dw_probabilities and kind not in DW_PROBABILITY_SOURCES:
+        return [f"labels.dw_probabilities: source.kind {kind} has no Dynamic World probabilities (only "
+                f"{' and '.join(DW_PROBABILITY_SOURCES)} do); set labels.dw_probabilities: false"]
     return []
 
 

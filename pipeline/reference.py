@@ -1,37 +1,73 @@
-"""Extra per-patch label products of a source (a second, finer land-cover nomenclature) in the archive.
+"""Extra per-patch label products of a source in the archive: a second land-cover nomenclature, or
+Dynamic World's class probabilities.
 
-A source may describe label products besides Dynamic World in ``describe()["label_products"]``
-(``{name: {"classes": [...], ...}}``) and compute them with a ``patch_products(location, windows,
-grid)`` method returning ``{name: (S, K) float fractions}``. Today only the synthetic source has one,
-``reference`` (:mod:`pipeline.sources.synthetic.reference`, a CORINE-like 19-class product). For a
-product ``name`` the archive holds (template: :func:`product_template`, used by
-:func:`pipeline.store.archive_template`)::
+A source may describe label products besides the Dynamic World label map in
+``describe()["label_products"]`` (``{name: {"classes": [...], "kind": ..., ...}}``) and compute them
+with a ``patch_products(location, windows, grid)`` method returning ``{name: (S, K) float array}``.
+Two kinds exist (template: :func:`product_template`, used by :func:`pipeline.store.archive_template`):
+
+* ``kind: fractions`` (the default): class fractions of a second nomenclature. Today the synthetic
+  source's ``reference`` (:mod:`pipeline.sources.synthetic.reference`, a CORINE-like 19-class
+  product). The archive holds::
 
     <name>_fraction   [patch, season, <name>_class]  float32 class fractions (sum to 1 for a done patch)
     <name>_multi_hot  [patch, season, <name>_class]  uint8 presence: fraction > presence_threshold
 
-with the class names in the coordinate ``<name>_class`` and in the ``classes`` attribute of both
-variables. The presence threshold is the manifest's ``labels.presence_threshold`` at curation
-(strictly greater, compared in float64 as for Dynamic World, :mod:`pipeline.labels`); it is recorded
-in the ``presence_threshold`` attribute and is not changed by ``softcon labels``.
+  with the class names in the coordinate ``<name>_class`` and in the ``classes`` attribute of both
+  variables. The presence threshold is the manifest's ``labels.presence_threshold`` at curation
+  (strictly greater, compared in float64 as for Dynamic World, :mod:`pipeline.labels`); it is
+  recorded in the ``presence_threshold`` attribute and is not changed by ``softcon labels``.
+* ``kind: probability``: one vector per (patch, season) over the 9 Dynamic World classes, stored as
+  is (no multi-hot)::
 
-Sources without products (local SSL4EO-S12, Earth Engine, STAC) get no such variables; archives
-written before products existed have none either, so readers treat them as optional
-(:func:`product_classes` returns None).
+    <name>            [patch, season, class]         float32, the archive's Dynamic World ``class`` dim
 
-Pretraining never reads these variables (it reads images, ``multi_hot`` and ``label_fraction``);
-they are evaluation targets (``ArchiveTask(target="reference")``).
+  Today ``dw_probability`` (:data:`DW_PROBABILITY`), declared by the synthetic and Earth Engine
+  sources when the manifest's ``labels.dw_probabilities`` is on: the mean of Dynamic World's
+  per-class probability bands over the season's valid label pixels (zeros when none is valid).
+  Dynamic World's probabilities are the per-pixel class probabilities of its model (Brown et al.
+  2022, "Dynamic World, Near real-time global 10 m land use land cover mapping", Scientific Data 9,
+  251; bands ``water`` … ``snow_and_ice`` of GOOGLE/DYNAMICWORLD/V1 in the Earth Engine data
+  catalog, developers.google.com/earth-engine/datasets/catalog/GOOGLE_DYNAMICWORLD_V1). Pretraining
+  may take it as its soft label vector (``loss.labels: dw_probability``).
+
+A source that computes a product while fetching (the probability means need the season's label
+pixels) keeps its rows in a :class:`FetchedRows` until ``patch_products`` collects them: the
+curation calls ``patch_products`` for a patch once every season of it was fetched, on the same source
+object (:func:`pipeline.curate.finish_patch`).
+
+Sources without products get no such variables; archives written before products existed have
+none either, so readers treat them as optional (:func:`product_classes` returns None,
+:func:`archive_products` lists what an archive has).
+
+Fractions products are evaluation targets (``ArchiveTask(target="reference")``); pretraining never
+reads them.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from pipeline.bands import DW_CLASSES, LABEL_NODATA
+
 #: The product that the study evaluates as a transfer task.
 REFERENCE = "reference"
+#: The mean Dynamic World class probabilities (kind ``probability``), when ``labels.dw_probabilities`` is on.
+DW_PROBABILITY = "dw_probability"
+#: Product kinds: class fractions of a second nomenclature, or a probability vector over the DW classes.
+KINDS = ("fractions", "probability")
+
+
+def dw_probability_product() -> dict[str, Any]:
+    """The ``label_products`` entry a source declares for :data:`DW_PROBABILITY`."""
+    return {"kind": "probability", "classes": list(DW_CLASSES),
+            "description": "mean Dynamic World class probability over the season's valid label pixels "
+                           "(zeros when none is valid)"}
 
 
 def product_variables(name: str) -> tuple[str, str]:
@@ -45,6 +81,34 @@ def described_products(source_description: Mapping[str, Any]) -> dict[str, dict[
     return {str(k): dict(v) for k, v in products.items()}
 
 
+def mean_class_probability(probability: np.ndarray, label: np.ndarray, nodata: int = LABEL_NODATA) -> np.ndarray:
+    """The mean class probability vector of one season over its valid label pixels.
+
+    Args:
+        probability: (K, H, W) per-pixel class probabilities; a pixel with a non-finite or negative
+            value is left out (no probability there).
+        label: (H, W) label map; ``nodata`` pixels are left out.
+        nodata: The label map's no-label value.
+
+    Returns:
+        (K,) float64 mean over the pixels left, zeros when none is left.
+    """
+    probability = np.asarray(probability, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        valid = (np.asarray(label) != nodata) & (np.isfinite(probability) & (probability >= 0)).all(axis=0)
+    if not valid.any():
+        return np.zeros(probability.shape[0])
+    return probability[:, valid].mean(axis=1)
+
+
+def product_kind(spec: Mapping[str, Any]) -> str:
+    """The kind of a declared product (``fractions`` when the declaration does not say)."""
+    kind = str(spec.get("kind", "fractions"))
+    if kind not in KINDS:
+        raise ValueError(f"unknown label product kind {kind!r}; known: {list(KINDS)}")
+    return kind
+
+
 def product_template(source_description: Mapping[str, Any], presence_threshold: float):
     """The template entries of a source's label products, for :func:`pipeline.store.archive_template`.
 
@@ -53,10 +117,17 @@ def product_template(source_description: Mapping[str, Any], presence_threshold: 
         presence_threshold: The manifest's presence threshold (recorded on the multi-hot variable).
 
     Yields:
-        ``(variable, dims, class_dim, classes, dtype, attrs)`` for every variable of every product.
+        ``(variable, dims, classes, dtype, attrs)`` for every variable of every product.
     """
     for name, spec in described_products(source_description).items():
         classes = [str(c) for c in spec["classes"]]
+        if product_kind(spec) == "probability":
+            if classes != list(DW_CLASSES):
+                raise ValueError(f"label product {name}: a probability product is over the Dynamic World classes")
+            yield name, ("patch", "season", "class"), classes, "float32", {
+                "classes": classes, "product": name, "kind": "probability",
+                "description": spec.get("description", ""), "units": "probability (0..1)"}
+            continue
         frac, multi = product_variables(name)
         dims = ("patch", "season", f"{name}_class")
         common = {"classes": classes, "product": name, "description": spec.get("description", "")}
@@ -76,7 +147,8 @@ def patch_products(source: Any, manifest: Any, location: Any, windows: list,
         presence_threshold: A class is present when its fraction is strictly greater.
 
     Returns:
-        ``{variable: (S, K) array}``: ``<name>_fraction`` float32 and ``<name>_multi_hot`` uint8.
+        ``{variable: (S, K) array}``: ``<name>_fraction`` float32 and ``<name>_multi_hot`` uint8 for a
+        fractions product, ``<name>`` float32 for a probability product.
     """
     compute = getattr(source, "patch_products", None)
     if compute is None:
@@ -85,8 +157,15 @@ def patch_products(source: Any, manifest: Any, location: Any, windows: list,
 
     patch = manifest.patch
     grid = PatchGrid.for_location(location, patch.size_px, patch.resolution_m, patch.lattice_m)
+    arrays = compute(location, windows, grid)
+    if not arrays:
+        return {}
+    declared = described_products(source.describe())
     out: dict[str, np.ndarray] = {}
-    for name, fraction in compute(location, windows, grid).items():
+    for name, fraction in arrays.items():
+        if product_kind(declared.get(name, {})) == "probability":
+            out[name] = np.asarray(fraction, dtype=np.float32)
+            continue
         fraction = np.asarray(fraction, dtype=np.float64)
         frac, multi = product_variables(name)
         out[frac] = fraction.astype(np.float32)
@@ -100,3 +179,65 @@ def product_classes(group: Any, name: str = REFERENCE) -> tuple[str, ...] | None
     if frac not in group:
         return None
     return tuple(str(c) for c in group[frac].attrs.get("classes", ()))
+
+
+def archive_products(group: Any) -> dict[str, dict[str, Any]]:
+    """The label products an open archive group holds: ``{name: {"kind", "variables", "classes"}}``.
+
+    Found from the variables' ``product`` attribute, so archives written before products existed give ``{}``.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for variable in sorted(group.array_keys()):
+        attrs = group[variable].attrs
+        name = attrs.get("product")
+        if not name:
+            continue
+        entry = found.setdefault(str(name), {"kind": str(attrs.get("kind", "fractions")), "variables": [],
+                                              "classes": len(attrs.get("classes", ()))})
+        entry["variables"].append(variable)
+    return found
+
+
+class FetchedRows:
+    """Per-season product rows a source computes while fetching, kept until ``patch_products`` takes them.
+
+    Thread-safe (a shard fetches seasons on a thread pool); holds at most ``limit`` rows, the oldest
+    dropped first (rows of patches that failed are never taken). Pickles empty: a copy sent to a worker
+    fetches anew.
+
+    Args:
+        name: The product's name (in error messages).
+        width: The length of one row.
+        limit: The most rows kept.
+    """
+
+    def __init__(self, name: str, width: int, limit: int = 1 << 16):
+        self.name, self.width, self.limit = name, int(width), int(limit)
+        self._rows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __reduce__(self):
+        return type(self), (self.name, self.width, self.limit)
+
+    def put(self, location: Any, season: int, row: np.ndarray | None) -> None:
+        """Keep the row of (``location``, ``season``); None stands for a season without labels (zeros)."""
+        value = np.zeros(self.width) if row is None else np.asarray(row, dtype=np.float64).reshape(self.width)
+        with self._lock:
+            self._rows[(int(location.index), int(season))] = value
+            self._rows.move_to_end((int(location.index), int(season)))
+            while len(self._rows) > self.limit:
+                self._rows.popitem(last=False)
+
+    def take(self, location: Any, windows: list) -> np.ndarray:
+        """The ``(S, width)`` rows of the location's seasons, removed from the store.
+
+        Raises:
+            RuntimeError: A season was not fetched by this source object (a caller's bug).
+        """
+        keys = [(int(location.index), int(w.season)) for w in windows]
+        with self._lock:
+            missing = [k[1] for k in keys if k not in self._rows]
+            if missing:
+                raise RuntimeError(f"{self.name}: season(s) {missing} of location {location.index} were not "
+                                   "fetched by this source object before its products were asked for")
+            return np.stack([self._rows.pop(k) for k in keys])

@@ -16,6 +16,8 @@ Layout (dimension names in brackets; ``P`` patches = locations, ``S`` seasons)::
     status_reason   [patch]                             string (why a patch failed)
     <product>_fraction, <product>_multi_hot  [patch, season, <product>_class]  optional extra label
                     products a source declares (synthetic: ``reference``, see :mod:`pipeline.reference`)
+    dw_probability  [patch, season, class]              optional float32 mean Dynamic World class
+                    probability of the valid label pixels (manifest ``labels.dw_probabilities``)
     coordinates: patch_id (7-digit), lon, lat, epsg, x, y (UTM centre), city, band names, class names, modality
 
 Images and label maps use one (patch, season) per chunk inside shards of ``patches_per_shard``
@@ -51,7 +53,7 @@ from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES
 from pipeline.grid import grid_record
 from pipeline.locations import Location
 from pipeline.manifest import CompressorConfig, Manifest
-from pipeline.reference import product_template
+from pipeline.reference import archive_products, product_template
 from pipeline.store_target import (  # noqa: F401 - ArchiveError is part of this module's interface
     SOFTWARE,
     TEMPLATE_MARKER,
@@ -428,4 +430,5 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
         "software_version": group.attrs.get("software_version"),
         "created": group.attrs.get("created"),
         "label_provenance": read_label_provenance(group),  # None when the archive tells nothing
+        "label_products": archive_products(group),  # e.g. reference, dw_probability; {} without any
     }

@@ -31,6 +31,7 @@ def build_source(manifest: Manifest) -> Source:
             manifest.source.synthetic,
             max_cloudy_pixel_percentage=manifest.cloud_filter.max_cloudy_pixel_percentage,
             resampling=manifest.patch.resampling,
+            dw_probabilities=manifest.labels.dw_probabilities,
         )
     if kind == "local":
         from pipeline.sources.ssl4eo_local import SSL4EOLocalSource
@@ -47,6 +48,7 @@ def build_source(manifest: Manifest) -> Source:
             manifest.source.earthengine or EarthEngineSourceOptions(),
             max_cloudy_pixel_percentage=manifest.cloud_filter.max_cloudy_pixel_percentage,
             resampling=manifest.patch.resampling,
+            dw_probabilities=manifest.labels.dw_probabilities,
         )
     if kind == "stac":
         from pipeline.manifest import StacSourceOptions

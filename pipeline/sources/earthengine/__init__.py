@@ -4,7 +4,7 @@ The package is split by job:
 
 * :mod:`~pipeline.sources.earthengine.queries`: collection filters (COPERNICUS/S2, COPERNICUS/S2_SR and
   their ``_HARMONIZED`` versions, COPERNICUS/S1_GRD, GOOGLE/DYNAMICWORLD/V1), image selection, pixel and
-  label images.
+  label and label-probability images.
 * :mod:`~pipeline.sources.earthengine.planning`: ``computePixels`` request sizing, grids and decoding.
 * :mod:`~pipeline.sources.earthengine.transport`: the transport, rate limiting, error classification,
   retries with backoff.
@@ -34,6 +34,8 @@ from pipeline.sources.earthengine.planning import (
     to_band_array,
 )
 from pipeline.sources.earthengine.queries import (
+    DW_PROBABILITY_BANDS,
+    DW_PROBABILITY_NODATA,
     DYNAMIC_WORLD,
     NODATA_VALUE,
     S1_FLOOR_DB,
@@ -45,6 +47,7 @@ from pipeline.sources.earthengine.queries import (
     dw_info,
     dw_label_image,
     dw_matched,
+    dw_probability_image,
     footprint,
     modality_collection,
     most_recent,
@@ -60,11 +63,12 @@ from pipeline.sources.earthengine.source import EarthEngineSource
 from pipeline.sources.earthengine.transport import EarthEngineTransport, TokenBucket, Transport, classify_error
 
 __all__ = [
-    "AUTH_HELP", "DYNAMIC_WORLD", "KEY_ENV_VAR", "MAX_REQUEST_BYTES", "NODATA_VALUE", "NPY_HEADER_MARGIN",
+    "AUTH_HELP", "DW_PROBABILITY_BANDS", "DW_PROBABILITY_NODATA", "DYNAMIC_WORLD",
+    "KEY_ENV_VAR", "MAX_REQUEST_BYTES", "NODATA_VALUE", "NPY_HEADER_MARGIN",
     "S1_FLOOR_DB", "S1_GRD", "S1_NATIVE_RESOLUTION_M", "S1_NODATA_DB",
     "EarthEngineAuthError", "EarthEngineSource", "EarthEngineTransport", "RequestPlan", "TokenBucket", "Transport",
     "check_credentials", "classify_error", "collection_id", "dw_collection", "dw_info", "dw_label_image",
-    "dw_matched", "footprint", "grid_dict", "key_path", "modality_collection", "most_recent",
+    "dw_matched", "dw_probability_image", "footprint", "grid_dict", "key_path", "modality_collection", "most_recent",
     "native_resolution", "pixel_image", "pixel_request", "plan_requests", "request_bytes", "s1_collection",
     "s1_nodata_to_nan", "s2_collection", "s2_collection_id", "selection_info", "to_band_array",
 ]

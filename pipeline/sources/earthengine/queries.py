@@ -33,6 +33,13 @@
   ``select("label")``. A count call (:func:`dw_info`) checks whether it exists; when it does not (or no
   L1C image passed the filter), the per-pixel mode of ``label`` over the DW images of the window is
   used instead (:func:`dw_label_image`, method ``"mode"``). Unlabelled pixels are ``LABEL_NODATA``.
+* **Label probabilities** (when the manifest's ``labels.dw_probabilities`` is on): the 9 per-class
+  probability bands of the same DW image (:data:`DW_PROBABILITY_BANDS`, named as the classes, in
+  class order; Brown et al. 2022, "Dynamic World, Near real-time global 10 m land use land cover
+  mapping", Scientific Data 9, 251, and the catalog page of GOOGLE/DYNAMICWORLD/V1), on the same grid
+  (:func:`dw_probability_image`); for method ``"mode"`` their per-pixel mean over the window's DW images
+  (our choice: the soft counterpart of the mode). Masked pixels are unmasked to
+  :data:`DW_PROBABILITY_NODATA` (−1, no probability is negative) and left out of the patch's mean.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from typing import Any
 import ee
 import numpy as np
 
-from pipeline.bands import LABEL_NODATA, MODALITY_DTYPES, S2_NATIVE_RESOLUTION_M
+from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_DTYPES, S2_NATIVE_RESOLUTION_M
 from pipeline.grid import PatchGrid
 from pipeline.seasons import SeasonWindow
 from pipeline.sources.base import CorruptData
@@ -59,6 +66,11 @@ S1_NODATA_DB = -9999.0
 S1_FLOOR_DB = -500.0
 #: Value masked pixels are unmasked to, per modality (S2: SSL4EO-S12's 0 DN).
 NODATA_VALUE = {"s2_l1c": 0, "s2_l2a": 0, "s1_grd": S1_NODATA_DB}
+
+#: Dynamic World's per-class probability bands, in class (``label``) order.
+DW_PROBABILITY_BANDS: tuple[str, ...] = DW_CLASSES
+#: Value masked probability pixels are unmasked to (our choice; no probability is negative).
+DW_PROBABILITY_NODATA = -1.0
 
 #: Earth Engine resampling per ``resampling`` option (None: default nearest-neighbour lookup).
 EE_RESAMPLING = {"nearest": None, "bilinear": "bilinear", "cubic": "bicubic"}
@@ -194,17 +206,35 @@ def dw_info(l1c_index: str | None, grid: PatchGrid, window: SeasonWindow) -> ee.
     return ee.Dictionary(info)
 
 
-def dw_label_image(method: str, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow) -> ee.Image:
-    """``label`` of the matched DW image, or its per-pixel mode over the window; nodata → LABEL_NODATA."""
+def _dw_bands(method: str, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow,
+              bands: str | list[str]) -> ee.Image | ee.ImageCollection:
+    """``bands`` of the matched DW image (an image), or of every DW image of the window (a collection)."""
     if method == "matched":
         if l1c_index is None:
             raise ValueError("the matched label needs the L1C system:index")
-        label = ee.Image(dw_matched(l1c_index).first()).select("label")
-    elif method == "mode":
-        label = dw_collection(grid, window).select("label").mode().rename(["label"])
-    else:
-        raise ValueError(f"unknown label method {method!r}")
+        return ee.Image(dw_matched(l1c_index).first()).select(bands)
+    if method == "mode":
+        return dw_collection(grid, window).select(bands)
+    raise ValueError(f"unknown label method {method!r}")
+
+
+def dw_label_image(method: str, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow) -> ee.Image:
+    """``label`` of the matched DW image, or its per-pixel mode over the window; nodata → LABEL_NODATA."""
+    label = _dw_bands(method, l1c_index, grid, window, "label")
+    if method == "mode":
+        label = label.mode().rename(["label"])
     return label.unmask(LABEL_NODATA, False).toUint8()
+
+
+def dw_probability_image(method: str, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow) -> ee.Image:
+    """The 9 probability bands of the image :func:`dw_label_image` labels from (matched), or their per-pixel
+    mean over the window (mode); masked → :data:`DW_PROBABILITY_NODATA`, float32.
+    """
+    bands = list(DW_PROBABILITY_BANDS)
+    probability = _dw_bands(method, l1c_index, grid, window, bands)
+    if method == "mode":
+        probability = probability.mean().rename(bands)
+    return probability.unmask(DW_PROBABILITY_NODATA, False).toFloat()
 
 
 

@@ -5,6 +5,9 @@ recent image of every requested modality (and of S2 L1C when labels are wanted),
 modality fails before any pixel request, then downloads the pixels of each selected asset on the
 patch grid and the Dynamic World label map (matched by L1C ``system:index``, else the per-pixel mode of
 the window; no label map when the window has no Dynamic World image).
+With ``dw_probabilities`` (the manifest's ``labels.dw_probabilities``) the 9 class-probability bands
+of the same label image follow on the same grid, and their mean over the valid label pixels is kept
+for :meth:`EarthEngineSource.patch_products` (the ``dw_probability`` product, :mod:`pipeline.reference`).
 
 Requests that depend on each other stay in order (selection → pixels; L1C selection → Dynamic World
 match → label pixels); independent ones overlap: the selections of one season run at once, then the
@@ -29,10 +32,11 @@ from typing import Any, Callable
 import ee
 import numpy as np
 
-from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
+from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location
 from pipeline.manifest import EarthEngineSourceOptions
+from pipeline.reference import DW_PROBABILITY, FetchedRows, dw_probability_product, mean_class_probability
 from pipeline.seasons import SeasonWindow
 from pipeline.sources.base import (
     CorruptData,
@@ -50,6 +54,7 @@ from pipeline.sources.earthengine.planning import (
     to_band_array,
 )
 from pipeline.sources.earthengine.queries import (
+    DW_PROBABILITY_BANDS,
     DYNAMIC_WORLD,
     EE_RESAMPLING,
     S1_GRD,
@@ -57,6 +62,7 @@ from pipeline.sources.earthengine.queries import (
     as_count,
     dw_info,
     dw_label_image,
+    dw_probability_image,
     modality_collection,
     no_image_message,
     parse_selection,
@@ -99,6 +105,7 @@ class EarthEngineSource:
         request_timeout_s: float | None = 180.0,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         sleep: Callable[[float], None] = time.sleep,
+        dw_probabilities: bool = False,
     ):
         if resampling not in EE_RESAMPLING:
             raise ValueError(f"resampling must be one of {sorted(EE_RESAMPLING)}, got {resampling!r}")
@@ -115,6 +122,8 @@ class EarthEngineSource:
         self.max_request_bytes = int(max_request_bytes)
         self._sleep = sleep
         self._transport = transport
+        self.dw_probabilities = bool(dw_probabilities)
+        self._dw_rows = FetchedRows(DW_PROBABILITY, len(DW_CLASSES)) if self.dw_probabilities else None
         self._setup_runtime()
 
     def _setup_runtime(self) -> None:
@@ -233,7 +242,7 @@ class EarthEngineSource:
     # ------------------------------------------------------------------ Source API
     def describe(self) -> dict[str, object]:
         h = self.options.harmonized
-        return {
+        out: dict[str, object] = {
             "name": self.name,
             "synthetic": False,
             "options": self.options.model_dump(mode="json", exclude={"service_account_key"}),
@@ -251,6 +260,25 @@ class EarthEngineSource:
             "retry": {"max_attempts": self.max_attempts, "backoff_base_s": self.backoff_base_s,
                       "backoff_max_s": self.backoff_max_s},
         }
+        if self.dw_probabilities:
+            out["label_products"] = {DW_PROBABILITY: {**dw_probability_product(), "collection": DYNAMIC_WORLD,
+                                                      "bands": list(DW_PROBABILITY_BANDS)}}
+        return out
+
+    def patch_products(self, location: Location, windows: list[SeasonWindow], grid: PatchGrid) -> dict[str, Any]:
+        """The ``dw_probability`` rows :meth:`fetch` kept for the location's seasons (``{}`` when off).
+
+        Args:
+            location: The location.
+            windows: Its season windows, in season order (each fetched by this object).
+            grid: The patch grid (unused: the rows were computed on it while fetching).
+
+        Returns:
+            ``{"dw_probability": (S, 9) float64}``, or ``{}`` without ``dw_probabilities``.
+        """
+        if self._dw_rows is None:
+            return {}
+        return {DW_PROBABILITY: self._dw_rows.take(location, windows)}
 
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
@@ -290,10 +318,12 @@ class EarthEngineSource:
             extra[f"{name}_candidates"] = str(sel.count)
             if sel.orbit_pass:
                 extra["s1_pass"] = sel.orbit_pass
-        label = None
+        label = row = None
         if want_labels:
-            label, label_extra = results[-1]
+            label, label_extra, row = results[-1]
             extra.update(label_extra)
+        if self._dw_rows is not None:
+            self._dw_rows.put(location, window.season, row)
         return SeasonSample(images=images, label=label, extra=extra)
 
     def _run_in_order(self, jobs: list[Callable[[], Any]]) -> list[Any]:
@@ -317,8 +347,10 @@ class EarthEngineSource:
                              cloud_pct=sel.cloud_pct)
 
     def _label(self, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow,
-               where: str) -> tuple[LabelMap | None, dict[str, str]]:
-        """The Dynamic World label map and the ``extra`` entries describing how it was found."""
+               where: str) -> tuple[LabelMap | None, dict[str, str], np.ndarray | None]:
+        """The Dynamic World label map, the ``extra`` entries describing how it was found, and (with
+        ``dw_probabilities``) the mean class probability over its valid pixels (else None).
+        """
         context = f"earthengine dw selection, {where}"
         info = self._get_info(dw_info(l1c_index, grid, window), "dw", context)
         if not isinstance(info, dict):
@@ -332,11 +364,23 @@ class EarthEngineSource:
             method, image_id = "mode", f"mode:{DYNAMIC_WORLD}:{window.start.isoformat()}/{window.end.isoformat()}"
         else:
             extra["dw_method"] = "none"
-            return None, extra
+            return None, extra, None
         extra["dw_method"] = method
         image = dw_label_image(method, l1c_index, grid, window)
         data = self._pixels("dw", image, ("label",), grid, "uint8", f"earthengine dw pixels, {where}")[0]
         valid = (data < 9) | (data == LABEL_NODATA)
         if not valid.all():
             raise CorruptData(f"earthengine dw pixels, {where}: label values outside 0..8 and {LABEL_NODATA}")
-        return LabelMap(data=data, image_id=image_id, method=method), extra
+        row = self._probability(method, l1c_index, grid, window, data, where) if self.dw_probabilities else None
+        return LabelMap(data=data, image_id=image_id, method=method), extra, row
+
+    def _probability(self, method: str, l1c_index: str | None, grid: PatchGrid, window: SeasonWindow,
+                     label: np.ndarray, where: str) -> np.ndarray:
+        """The mean of the label image's 9 probability bands over its valid label pixels (zeros when none)."""
+        context = f"earthengine dw probability pixels, {where}"
+        image = dw_probability_image(method, l1c_index, grid, window)
+        probability = self._pixels("dw_probability", image, DW_PROBABILITY_BANDS, grid, "float32", context)
+        with np.errstate(invalid="ignore"):
+            if (probability > 1.0 + 1e-3).any():
+                raise CorruptData(f"{context}: probabilities above 1 (max {np.nanmax(probability):g})")
+        return mean_class_probability(probability, label)

@@ -25,6 +25,8 @@ The per-class tables come from :mod:`pipeline.sources.signatures`; every other n
   the most recent 6-day-revisit date in the window.
 * **Dynamic World labels**: the land-cover truth of the season, with ``label_noise`` of the
   class-boundary pixels flipped to a neighbouring class, and ``LABEL_NODATA`` under the cloud mask.
+  Their class probabilities (when asked for) follow the same noise model:
+  :mod:`pipeline.sources.synthetic.probability`.
 
 Image ids follow the ``system:index`` patterns of the Earth Engine catalog collections
 COPERNICUS/S2_HARMONIZED and COPERNICUS/S1_GRD. DN are pre-2022 (no +1000 offset), clipped to
@@ -238,6 +240,21 @@ def render_s2(world: World, seed: int, order: int, loc: Location, grid: PatchGri
     s2_id = f"{t0:%Y%m%dT%H%M%S}_{t1:%Y%m%dT%H%M%S}_T{_mgrs_tile(loc)}"
     return l1c_u16, l2a_u16, cloud_mask, s2_id
 
+def label_neighbours(lc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 4-neighbours of every pixel as the label noise sees them, and which of them differ from it.
+
+    Args:
+        lc: The (H, W) land cover.
+
+    Returns:
+        ``(nbrs, diff)``, both (4, H·W): the classes above, below, left and right of each pixel (a pixel
+        on the patch's edge is its own neighbour outside it), and ``nbrs != lc``.
+    """
+    p = np.pad(lc, 1, mode="edge")
+    nbrs = np.stack([p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]).reshape(4, -1)
+    return nbrs, nbrs != lc.ravel()[None]
+
+
 def dw_labels(seed: int, label_noise: float, loc: Location, window: SeasonWindow, lc: np.ndarray,
               cloud_mask: np.ndarray) -> np.ndarray:
     """The Dynamic World ``label`` map of the season: true cover with boundary noise, no label under clouds.
@@ -256,9 +273,7 @@ def dw_labels(seed: int, label_noise: float, loc: Location, window: SeasonWindow
     lab = lc.copy()
     if label_noise > 0:
         r = seeded_rng(ST_LABEL, seed, loc.index, window.season)
-        p = np.pad(lc, 1, mode="edge")
-        nbrs = np.stack([p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]).reshape(4, -1)
-        diff = nbrs != lc.ravel()[None]
+        nbrs, diff = label_neighbours(lc)
         bidx = np.flatnonzero(diff.any(axis=0))
         pick = bidx[r.random(bidx.size) < label_noise]
         if pick.size:

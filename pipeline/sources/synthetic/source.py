@@ -18,6 +18,10 @@ This module chooses the acquisitions and assembles the sample; the world is gene
 * **Reference land cover**: a finer, CORINE-like second label product (19 classes,
   :mod:`pipeline.sources.synthetic.reference`), declared in ``describe()["label_products"]`` and
   computed per patch by :meth:`SyntheticSource.patch_products` (written by :mod:`pipeline.reference`).
+* **Dynamic World probabilities** (``dw_probabilities=True``, the manifest's ``labels.dw_probabilities``):
+  the mean class probability over the valid label pixels of each season, from the label-noise model
+  (:mod:`pipeline.sources.synthetic.probability`); computed while fetching and handed to
+  :meth:`SyntheticSource.patch_products` as the ``dw_probability`` product. Off, nothing changes.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from collections import OrderedDict
 
 import numpy as np
 
-from pipeline.bands import MODALITY_BANDS
+from pipeline.bands import DW_CLASSES, MODALITY_BANDS
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location
 from pipeline.manifest import SyntheticSourceOptions
+from pipeline.reference import DW_PROBABILITY, FetchedRows, dw_probability_product
 from pipeline.seasons import SeasonWindow
 from pipeline.sources.base import (
     LabelMap,
@@ -42,6 +47,7 @@ from pipeline.sources.base import (
     check_modalities,
 )
 from pipeline.sources.synthetic.fields import ST_FAIL, ST_S2_COVER, ST_S2_PHASE, seeded_rng
+from pipeline.sources.synthetic.probability import mean_probability
 from pipeline.sources.synthetic.reference import REFERENCE_CLASSES, reference_fraction, reference_map
 from pipeline.sources.synthetic.rendering import dw_labels, render_s1, render_s2
 from pipeline.sources.synthetic.world import World, build_world, season_phase, seasonal_cover
@@ -63,7 +69,7 @@ class SyntheticSource:
     synthetic = True
 
     def __init__(self, options: SyntheticSourceOptions, max_cloudy_pixel_percentage: float = 20.0,
-                 resampling: str = "bilinear"):
+                 resampling: str = "bilinear", dw_probabilities: bool = False):
         if resampling not in _RESAMPLING_ORDER:
             raise ValueError(f"resampling must be one of {sorted(_RESAMPLING_ORDER)}, got {resampling!r}")
         self.options = options
@@ -73,6 +79,8 @@ class SyntheticSource:
         self._lock = threading.Lock()
         self._attempts: dict[tuple[int, int], int] = {}
         self._cache: OrderedDict[tuple, World] = OrderedDict()
+        self.dw_probabilities = bool(dw_probabilities)
+        self._dw_rows = FetchedRows(DW_PROBABILITY, len(DW_CLASSES)) if self.dw_probabilities else None
 
     # pickling (Dask workers): locks and caches are per process
     def __getstate__(self) -> dict:
@@ -87,7 +95,7 @@ class SyntheticSource:
         self._cache = OrderedDict()
 
     def describe(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "name": self.name,
             "synthetic": True,
             "model_version": MODEL_VERSION,
@@ -101,6 +109,10 @@ class SyntheticSource:
                 "description": "CORINE-like reference land cover of the synthetic world (truth, no clouds); "
                                "never read by pretraining"}},
         }
+        if self.dw_probabilities:
+            out["label_products"][DW_PROBABILITY] = {**dw_probability_product(),
+                                                     "model": "pipeline.sources.synthetic.probability"}
+        return out
 
     def patch_products(self, location: Location, windows: list[SeasonWindow], grid: PatchGrid) -> dict[str, np.ndarray]:
         """The extra per-patch label products of one location, for every season window.
@@ -112,14 +124,19 @@ class SyntheticSource:
 
         Returns:
             ``{"reference": (S, len(REFERENCE_CLASSES)) float64}``: the class fractions of the reference
-            land cover (:mod:`pipeline.sources.synthetic.reference`) of each season.
+            land cover (:mod:`pipeline.sources.synthetic.reference`) of each season; with
+            ``dw_probabilities`` also ``"dw_probability": (S, 9)``, the rows :meth:`fetch` computed for
+            these seasons (each season must have been fetched by this object).
         """
         world = self._world(location, grid)
         rows = []
         for w in windows:
             _, winter = season_phase(world.place, w.centre)
             rows.append(reference_fraction(reference_map(world, seasonal_cover(world, winter), grid.resolution)))
-        return {"reference": np.stack(rows)}
+        out = {"reference": np.stack(rows)}
+        if self._dw_rows is not None:
+            out[DW_PROBABILITY] = self._dw_rows.take(location, windows)
+        return out
 
     # ------------------------------------------------------------------ helpers
     def _world(self, loc: Location, grid: PatchGrid) -> World:
@@ -206,4 +223,7 @@ class SyntheticSource:
             images["s1_grd"], pass_dir = render_s1(world, self.options.seed, location, window, grid, lc, doy_eff,
                                                    winter, modalities["s1_grd"])
             extra["s1_pass"] = pass_dir
+        if self._dw_rows is not None:
+            self._dw_rows.put(location, window.season,
+                              None if label is None else mean_probability(self.options.label_noise, lc, label.data))
         return SeasonSample(images=images, label=label, extra=extra)
