@@ -74,6 +74,9 @@ def print_summary(s: dict) -> None:
         console.print(escape(split_line(s["split"])))
     if s.get("label_provenance"):
         console.print(escape(f"label provenance: {plain_value(s['label_provenance'])}"))
+    if s.get("label_products"):  # pipeline.reference: e.g. reference, dw_probability
+        console.print(escape("label products: " + ", ".join(f"{name} ({p['kind']}, {p['classes']} classes)"
+                                                              for name, p in s["label_products"].items())))
 
 
 def split_line(record: dict | None) -> str:
