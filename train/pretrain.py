@@ -147,7 +147,8 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
         kwargs["modality2"] = cfg.modality2
     # the done patches of the configured splits only (BadInput when the archive has no split)
     ds = ArchiveDataset(cfg.archive, modality=cfg.modality, view_mode=cfg.view_mode, transforms=(t1, t2),
-                        storage_options=cfg.storage_options or None, seed=cfg.seed, splits=cfg.splits, **kwargs)
+                        storage_options=cfg.storage_options or None, seed=cfg.seed, splits=cfg.splits,
+                        labels=cfg.loss.labels, **kwargs)
     if len(ds) < cfg.batch_size * world:
         raise BadInput(f"{cfg.archive}: {len(ds)} training items (splits: {cfg.splits}), fewer than one batch "
                        f"({cfg.batch_size} × {world} processes)")
@@ -251,7 +252,7 @@ def _train_step(run: _Run, it, global_step: int, autocast) -> tuple[float, int]:
     run.optimizer.zero_grad(set_to_none=True)
     step_loss = 0.0
     n_samples = 0
-    label_key = "multi_hot" if cfg.loss.labels == "multi_hot" else "label_fraction"
+    label_key = run.ds.label_key  # the item key of cfg.loss.labels (train.data.dataset.LABEL_KEYS)
     for micro in range(cfg.accumulate):
         batch = next(it)
         v1 = batch["view1"].to(run.device, non_blocking=True)

@@ -24,8 +24,14 @@ class LossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = "softcon"
-    labels: Literal["multi_hot", "fraction"] = "multi_hot"
-    """Which label vector feeds label-aware losses (SoftCon's label similarity, SupCon positives …)."""
+    labels: Literal["multi_hot", "fraction", "dw_probability"] = "multi_hot"
+    """Which label vector feeds label-aware losses (SoftCon's label similarity, SupCon positives …):
+    ``multi_hot`` (Dynamic World presence), ``fraction`` (class fractions of the label map) or
+    ``dw_probability``, the mean Dynamic World class probability of the season's valid label pixels, a
+    soft label (Brown et al. 2022, "Dynamic World, Near real-time global 10 m land use land cover
+    mapping", Scientific Data 9, 251). The archive must hold it (curated with the manifest's
+    ``labels.dw_probabilities: true``), else the run stops with one line saying so. MACL's per-class
+    counts stay multi-hot based whatever is chosen (``multi_hot`` summed over the training patches)."""
     options: dict[str, Any] = {}
     """Keyword arguments of the loss class (e.g. temperature, lam, soft_term, label_similarity)."""
 

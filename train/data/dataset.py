@@ -12,6 +12,8 @@ keeping the band names once per batch:
 ``view1``, ``view2``      (C, H, W) float32 — two-view modes
 ``label_fraction``        (9,) float32 of the season of view 1 (``image`` in single mode)
 ``multi_hot``             (9,) float32 of the season of view 1
+``dw_probability``        (9,) float32 mean Dynamic World class probability of the season of view 1
+                          (only with ``labels="dw_probability"``; :mod:`pipeline.reference`)
 ``location``              int, patch index in the archive
 ``season``                int, season of view 1 / the image
 ``season2``               int, season of view 2 (``seasonal`` only)
@@ -34,6 +36,11 @@ Randomness: each item draws everything (the other season, every augmentation) fr
 composition and order, so a run resumed at epoch e sees exactly the augmentations of an
 uninterrupted one. :meth:`ArchiveDataset.set_epoch` sets the epoch; ``ds[(i, epoch)]`` names it
 per index (what :class:`~train.data.loader.EpochSampler` yields).
+
+Label vectors: ``labels`` names the one a label-aware loss takes (:data:`LABEL_KEYS` maps it to the
+item key, :attr:`ArchiveDataset.label_key`): ``multi_hot`` (default), ``fraction`` or
+``dw_probability`` (the archive's optional mean Dynamic World class probabilities, written when the
+manifest's ``labels.dw_probabilities`` is on; an archive without them is a :class:`BadInput`).
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from pipeline.archive import Archive
+from pipeline.errors import BadInput
+from pipeline.reference import DW_PROBABILITY
 from pipeline.split_selection import ALL_SPLITS, check_split_names, select_split_patches
 from pipeline.store import ArchiveLayout
 from train.data.normalization import Normalizer
@@ -57,6 +66,10 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     words = np.random.SeedSequence([int(seed) % (1 << 64), int(epoch) % (1 << 64), int(index) % (1 << 64)])
     lo, hi = words.generate_state(2, np.uint32)
     return (int(hi) << 32 | int(lo)) & ((1 << 63) - 1)
+
+
+#: The item key of each label vector a run can train on (``loss.labels`` of the training config).
+LABEL_KEYS = {"multi_hot": "multi_hot", "fraction": "label_fraction", DW_PROBABILITY: DW_PROBABILITY}
 
 
 def item_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -92,6 +105,8 @@ class ArchiveDataset(Dataset):
         patches (and ``indices``); ``"all"``: every done patch, recorded as such; ``None``: the
         split is not read. :class:`BadInput` when splits are named and the archive has none.
     seed: base seed of the per-item generators.
+    labels: the label vector a label-aware loss takes, a key of :data:`LABEL_KEYS`; ``dw_probability``
+        adds that vector to every item (:class:`BadInput` when the archive has none).
     """
 
     VIEW_MODES = ("same_season", "seasonal", "cross_modal", "single")
@@ -102,15 +117,22 @@ class ArchiveDataset(Dataset):
                  storage_options: dict | None = None, indices: Sequence[int] | np.ndarray | None = None,
                  seed: int = 0, modality2: str = "s1_grd", bands: Sequence[str] | None = None,
                  bands2: Sequence[str] | None = None, normalizer2: Normalizer | None | bool = None,
-                 splits: Sequence[str] | str | None = None):
+                 splits: Sequence[str] | str | None = None, labels: str = "multi_hot"):
         if view_mode not in self.VIEW_MODES:
             raise ValueError(f"view_mode must be one of {self.VIEW_MODES}, got {view_mode!r}")
+        if labels not in LABEL_KEYS:
+            raise ValueError(f"labels must be one of {list(LABEL_KEYS)}, got {labels!r}")
+        self.labels, self.label_key = labels, LABEL_KEYS[labels]
         self.archive = Archive.of(store, storage_options)
         self.store, self.storage_options = self.archive.path, self.archive.storage_options
         self.modality, self.view_mode, self.seed, self.epoch = modality, view_mode, int(seed), 0
         self.modality2 = modality2 if view_mode == "cross_modal" else None
 
         group = self.archive.open()
+        if labels == DW_PROBABILITY and DW_PROBABILITY not in group:
+            raise BadInput(f"{self.store}: the archive has no {DW_PROBABILITY} (mean Dynamic World class "
+                           "probabilities); curate it with labels.dw_probabilities: true in the manifest, or "
+                           "train with loss.labels: multi_hot")
         self.n_seasons = ArchiveLayout.from_attrs(group.attrs).n_seasons
         self.band_names, self._band_idx = self._select_bands(group, modality, bands)
         self.normalizer = self._pick_normalizer(normalizer, modality, self.band_names)
@@ -147,7 +169,7 @@ class ArchiveDataset(Dataset):
 
         self._arrays: dict[str, Any] | None = None  # opened lazily, once per process
         self._pid: int | None = None
-        self._label_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._label_cache: dict[int, tuple[np.ndarray, ...]] = {}
 
     def training_data(self) -> dict[str, Any]:
         """What this data set trains on, as a pretraining run records it (``training_data.json``):
@@ -197,24 +219,27 @@ class ArchiveDataset(Dataset):
             self._label_cache = {}
             group = self.archive.open()
             names = [self.modality, "label_fraction", "multi_hot"]
+            if self.labels == DW_PROBABILITY:
+                names.append(DW_PROBABILITY)
             if self.modality2 is not None:
                 names.append(self.modality2)
             self._arrays = {n: group[n] for n in names}
             self._pid = os.getpid()
         return self._arrays
 
-    def _labels(self, arrays, p: int, s: int) -> tuple[np.ndarray, np.ndarray]:
-        """Label vectors of (p, s). The small label arrays are read one whole chunk (a shard's patches)
-        at a time and kept for the life of the process (9 float32 + 9 uint8 per patch-season).
+    def _labels(self, arrays, p: int, s: int) -> tuple[np.ndarray, ...]:
+        """Label vectors of (p, s): fraction, multi-hot (and the DW probability when asked for). The small
+        label arrays are read one whole chunk (a shard's patches) at a time and kept for the life of the
+        process (9 float32 + 9 uint8, + 9 float32, per patch-season).
         """
-        lf, mh = arrays["label_fraction"], arrays["multi_hot"]
-        step = int(lf.chunks[0])
+        names = ["label_fraction", "multi_hot"] + ([DW_PROBABILITY] if self.labels == DW_PROBABILITY else [])
+        step = int(arrays["label_fraction"].chunks[0])
         start = p - p % step
         block = self._label_cache.get(start)
         if block is None:
-            block = (np.asarray(lf[start:start + step], np.float32), np.asarray(mh[start:start + step], np.float32))
+            block = tuple(np.asarray(arrays[n][start:start + step], np.float32) for n in names)
             self._label_cache[start] = block
-        return block[0][p - start, s], block[1][p - start, s]
+        return tuple(b[p - start, s] for b in block)
 
     # -- torch API
     def set_epoch(self, epoch: int) -> None:
@@ -258,8 +283,10 @@ class ArchiveDataset(Dataset):
                 x2 = x1
             out["view1"] = self.transforms1(x1, g)
             out["view2"] = self.transforms2(x2, g)
-        fraction, multi_hot = self._labels(arrays, p, s)
+        fraction, multi_hot, *probability = self._labels(arrays, p, s)
         out["label_fraction"], out["multi_hot"] = torch.from_numpy(fraction.copy()), torch.from_numpy(multi_hot.copy())
+        if probability:
+            out[DW_PROBABILITY] = torch.from_numpy(probability[0].copy())
         out["location"], out["season"], out["index"] = p, s, index
         out["bands"] = tuple(self.band_names)
         if self.view_mode == "seasonal":
