@@ -65,6 +65,7 @@ from pipeline.sources.base import (
     TransientSourceError,
 )
 from pipeline.sources.requests import clip
+from pipeline.store_target import is_local
 
 #: Source pixels read around the patch footprint (support of bilinear and cubic kernels).
 MARGIN_PX = 3
@@ -81,7 +82,7 @@ CODE_NODATA = -1
 
 def gdal_env(href: str, timeout_s: float = 60.0) -> Any:
     """:data:`GDAL_OPTIONS` for a remote href (a no-op context for a local file, which needs none)."""
-    if "://" not in href or href.startswith("file://"):
+    if is_local(href):
         return contextlib.nullcontext()
     return rasterio.Env(**GDAL_OPTIONS, GDAL_HTTP_TIMEOUT=str(max(1, math.ceil(timeout_s))))
 
