@@ -175,4 +175,29 @@ def check_grid(grid: PatchGrid, location: Location) -> None:
         raise InvalidGeometry(f"location {location.id}: invalid EPSG code {grid.epsg}")
 
 
-__all__ = ["Classifier", "TokenBucket", "backoff_delay", "call_with_retries", "check_grid", "clip", "typed_errors_only"]
+
+class PerProcessState:
+    """Pickling for sources that travel to Dask workers: the attributes named in ``PER_PROCESS`` (locks,
+    limiters, pools, clients) are left out, and ``_setup_runtime()`` makes them anew in the receiving process.
+    """
+
+    PER_PROCESS: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in self.PER_PROCESS:
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup_runtime()
+
+    def _setup_runtime(self) -> None:
+        raise NotImplementedError
+
+
+__all__ = [
+    "Classifier", "PerProcessState", "TokenBucket", "backoff_delay", "call_with_retries", "check_grid", "clip",
+    "typed_errors_only",
+]

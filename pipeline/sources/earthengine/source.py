@@ -78,13 +78,13 @@ from pipeline.sources.earthengine.transport import (
     call_with_retries,
 )
 from pipeline.sources.ratelimit import RequestLimiter, request_limiter
-from pipeline.sources.requests import check_grid
+from pipeline.sources.requests import PerProcessState, check_grid
 
 _S2_MODALITIES = ("s2_l1c", "s2_l2a")
 
 
 # ----------------------------------------------------------------------------------------------- source
-class EarthEngineSource:
+class EarthEngineSource(PerProcessState):
     """SSL4EO-S12 imagery and Dynamic World labels from Earth Engine (see the module docstring)."""
 
     name = "earthengine"
@@ -133,16 +133,8 @@ class EarthEngineSource:
         self._initialized = self._transport is not None  # a custom transport manages its own session
         self._rng = random.Random()
 
-    # pickling (Dask workers): locks and limiter are per process; Earth Engine is re-initialised
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for key in ("_limiter", "_limiter_lock", "_init_lock", "_initialized", "_rng"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._setup_runtime()
+    # pickling (Dask workers, PerProcessState): locks and limiter are per process; Earth Engine is re-initialised
+    PER_PROCESS = ("_limiter", "_limiter_lock", "_init_lock", "_initialized", "_rng")
 
     def __repr__(self) -> str:
         return (f"EarthEngineSource(project={self.options.project!r}, auth={self._auth_kind()!r}, "

@@ -49,6 +49,7 @@ from pipeline.sources.base import (
     check_modalities,
 )
 from pipeline.sources.requests import (
+    PerProcessState,
     TokenBucket,
     backoff_delay,
     call_with_retries,
@@ -100,7 +101,7 @@ def load_hook(dotted: str) -> Callable[[Any], Any]:
     return hook
 
 
-class StacSource:
+class StacSource(PerProcessState):
     """Imagery and land-cover labels from a STAC API or static catalog (see the module docstring)."""
 
     name = "stac"
@@ -131,16 +132,8 @@ class StacSource:
         self._pool: ThreadPoolExecutor | None = None
         self._hook: Callable[[Any], Any] | None = None
 
-    # pickling (Dask workers): locks, bucket, pool and the imported hook are per process
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        for key in ("_slots", "_bucket", "_rng", "_lock", "_pool", "_hook"):
-            state.pop(key, None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._setup_runtime()
+    # pickling (Dask workers, PerProcessState): locks, bucket, pool and the imported hook are per process
+    PER_PROCESS = ("_slots", "_bucket", "_rng", "_lock", "_pool", "_hook")
 
     def __repr__(self) -> str:
         return (f"StacSource(catalog={self.options.catalog!r}, collections="
