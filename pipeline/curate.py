@@ -37,7 +37,7 @@ from pipeline.labels import (
 )
 from pipeline.locations import Location
 from pipeline.manifest import Manifest
-from pipeline.reference import patch_products
+from pipeline.reference import patch_products, season_products
 from pipeline.sampling import (
     locations_to_geodataframe,
     read_locations,
@@ -215,7 +215,8 @@ def start_patch(source: Source, manifest: Manifest, location: Location, pool: Ex
 
 def finish_patch(pending: PendingPatch, thresholds: tuple[float, float]) -> PatchResult:
     """Assemble a patch from its seasons in season order; the first failing season (in that order, whatever
-    order the answers came in) gives the failed result, exactly as fetching them one after another.
+    order the answers came in) gives the failed result, exactly as fetching them one after another. What a
+    season's sample carries beyond pixels and labels (its ``dw_probability``) becomes a label product.
     """
     source, manifest, location = pending.source, pending.manifest, pending.location
     modalities = manifest.modalities.selected()
@@ -226,6 +227,7 @@ def finish_patch(pending: PendingPatch, thresholds: tuple[float, float]) -> Patc
     image_id = np.full((S, M), "", dtype=object)
     cloud = np.full((S, M), np.nan, np.float32)
     method = np.full((S,), "", dtype=object)
+    samples = []
     for w, season in zip(pending.windows, pending.seasons):
         try:
             sample = season.result() if isinstance(season, Future) else season()
@@ -237,6 +239,7 @@ def finish_patch(pending: PendingPatch, thresholds: tuple[float, float]) -> Patc
         except SourceError as err:
             return _failed(pending, PatchResult(location.index, STATUS_FAILED,
                                                 f"{type(err).__name__}: season {w.season}: {err}"))
+        samples.append(sample)
         for name, bands in modalities.items():
             img = sample.images.get(name)
             expected = ((len(bands), H, H), np.dtype(MODALITY_DTYPES[name]), bands)
@@ -258,10 +261,10 @@ def finish_patch(pending: PendingPatch, thresholds: tuple[float, float]) -> Patc
     presence, min_valid = thresholds
     fractions, multi_hot = label_vectors(
         dw, n_classes=len(DW_CLASSES), presence_threshold=presence, min_valid_fraction=min_valid)
+    products = patch_products(source, manifest, location, pending.windows, presence, season_products(samples))
     return PatchResult(location.index, STATUS_DONE, images=images, dw_label=dw, label_fraction=fractions,
                        multi_hot=multi_hot, acquired=acquired, image_id=image_id, cloud_pct=cloud,
-                       label_method=method,
-                       products=patch_products(source, manifest, location, pending.windows, presence))
+                       label_method=method, products=products)
 
 
 def _failed(pending: PendingPatch, result: PatchResult) -> PatchResult:

@@ -31,10 +31,10 @@ Two kinds exist (template: :func:`product_template`, used by :func:`pipeline.sto
   catalog, developers.google.com/earth-engine/datasets/catalog/GOOGLE_DYNAMICWORLD_V1). Pretraining
   may take it as its soft label vector (``loss.labels: dw_probability``).
 
-A source that computes a product while fetching (the probability means need the season's label
-pixels) keeps its rows in a :class:`FetchedRows` until ``patch_products`` collects them: the
-curation calls ``patch_products`` for a patch once every season of it was fetched, on the same source
-object (:func:`pipeline.curate.finish_patch`).
+The probability means need the season's label pixels, so a source computes them while fetching and
+returns each with its season (``SeasonSample.dw_probability``, :mod:`pipeline.sources.base`); the patch
+assembly (:func:`pipeline.curate.finish_patch`) stacks them with :func:`season_products`. Nothing is
+kept on the source between calls.
 
 Sources without products get no such variables; archives written before products existed have
 none either, so readers treat them as optional (:func:`product_classes` returns None,
@@ -46,9 +46,7 @@ reads them.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -135,8 +133,28 @@ def product_template(source_description: Mapping[str, Any], presence_threshold: 
         yield multi, dims, classes, "uint8", {**common, "presence_threshold": presence_threshold}
 
 
-def patch_products(source: Any, manifest: Any, location: Any, windows: list,
-                   presence_threshold: float) -> dict[str, np.ndarray]:
+def season_products(samples: Sequence[Any]) -> dict[str, np.ndarray]:
+    """The products one patch's seasons carried: ``{DW_PROBABILITY: (S, 9) float64}``, or ``{}``.
+
+    Args:
+        samples: The patch's :class:`~pipeline.sources.base.SeasonSample` objects, in season order.
+
+    Raises:
+        RuntimeError: Some seasons carry a ``dw_probability`` and others none (a source's bug).
+    """
+    rows = [sample.dw_probability for sample in samples]
+    missing = [season for season, row in enumerate(rows) if row is None]
+    if len(missing) == len(rows):
+        return {}
+    if missing:
+        raise RuntimeError(f"{DW_PROBABILITY}: the source returned no row for season(s) {missing} of a patch "
+                           "whose other seasons have one")
+    width = len(DW_CLASSES)
+    return {DW_PROBABILITY: np.stack([np.asarray(row, dtype=np.float64).reshape(width) for row in rows])}
+
+
+def patch_products(source: Any, manifest: Any, location: Any, windows: list, presence_threshold: float,
+                   fetched: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The product arrays of one patch for :class:`pipeline.store.PatchResult` (``{}`` without products).
 
     Args:
@@ -145,19 +163,20 @@ def patch_products(source: Any, manifest: Any, location: Any, windows: list,
         location: The location.
         windows: Its season windows, in season order.
         presence_threshold: A class is present when its fraction is strictly greater.
+        fetched: Products the seasons' samples carried (:func:`season_products`), ``{name: (S, K)}``.
 
     Returns:
         ``{variable: (S, K) array}``: ``<name>_fraction`` float32 and ``<name>_multi_hot`` uint8 for a
         fractions product, ``<name>`` float32 for a probability product.
     """
+    arrays = dict(fetched or {})
     compute = getattr(source, "patch_products", None)
-    if compute is None:
-        return {}
-    from pipeline.grid import PatchGrid
+    if compute is not None:
+        from pipeline.grid import PatchGrid
 
-    patch = manifest.patch
-    grid = PatchGrid.for_location(location, patch.size_px, patch.resolution_m, patch.lattice_m)
-    arrays = compute(location, windows, grid)
+        patch = manifest.patch
+        grid = PatchGrid.for_location(location, patch.size_px, patch.resolution_m, patch.lattice_m)
+        arrays.update(compute(location, windows, grid) or {})
     if not arrays:
         return {}
     declared = described_products(source.describe())
@@ -196,48 +215,3 @@ def archive_products(group: Any) -> dict[str, dict[str, Any]]:
                                               "classes": len(attrs.get("classes", ()))})
         entry["variables"].append(variable)
     return found
-
-
-class FetchedRows:
-    """Per-season product rows a source computes while fetching, kept until ``patch_products`` takes them.
-
-    Thread-safe (a shard fetches seasons on a thread pool); holds at most ``limit`` rows, the oldest
-    dropped first (rows of patches that failed are never taken). Pickles empty: a copy sent to a worker
-    fetches anew.
-
-    Args:
-        name: The product's name (in error messages).
-        width: The length of one row.
-        limit: The most rows kept.
-    """
-
-    def __init__(self, name: str, width: int, limit: int = 1 << 16):
-        self.name, self.width, self.limit = name, int(width), int(limit)
-        self._rows: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __reduce__(self):
-        return type(self), (self.name, self.width, self.limit)
-
-    def put(self, location: Any, season: int, row: np.ndarray | None) -> None:
-        """Keep the row of (``location``, ``season``); None stands for a season without labels (zeros)."""
-        value = np.zeros(self.width) if row is None else np.asarray(row, dtype=np.float64).reshape(self.width)
-        with self._lock:
-            self._rows[(int(location.index), int(season))] = value
-            self._rows.move_to_end((int(location.index), int(season)))
-            while len(self._rows) > self.limit:
-                self._rows.popitem(last=False)
-
-    def take(self, location: Any, windows: list) -> np.ndarray:
-        """The ``(S, width)`` rows of the location's seasons, removed from the store.
-
-        Raises:
-            RuntimeError: A season was not fetched by this source object (a caller's bug).
-        """
-        keys = [(int(location.index), int(w.season)) for w in windows]
-        with self._lock:
-            missing = [k[1] for k in keys if k not in self._rows]
-            if missing:
-                raise RuntimeError(f"{self.name}: season(s) {missing} of location {location.index} were not "
-                                   "fetched by this source object before its products were asked for")
-            return np.stack([self._rows.pop(k) for k in keys])

@@ -88,6 +88,9 @@ class SeasonSample:
     images: dict[str, ModalityImage]  # modality name ("s2_l1c", "s2_l2a", "s1_grd") → image
     label: LabelMap | None
     extra: dict[str, str] = field(default_factory=dict)
+    #: (9,) mean Dynamic World class probability over the season's valid label pixels (zeros when none),
+    #: from a source that computes it (``labels.dw_probabilities``, :mod:`pipeline.reference`); else None.
+    dw_probability: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -18,11 +20,12 @@ from pipeline.errors import BadInput
 from pipeline.locations import Location
 from pipeline.manifest import EarthEngineSourceOptions, Manifest, parse_manifest
 from pipeline.preflight import preflight
-from pipeline.reference import DW_PROBABILITY, FetchedRows, mean_class_probability
+from pipeline.reference import DW_PROBABILITY, mean_class_probability, season_products
 from pipeline.seasons import SeasonWindow
+from pipeline.sources.base import SeasonSample
 from pipeline.sources.synthetic.probability import mean_probability, probability_map
 from pipeline.sources.synthetic.rendering import dw_labels
-from pipeline.store import summarize
+from pipeline.store import STATUS_DONE, summarize
 from tests.archive_helpers import curate_all
 
 K = len(DW_CLASSES)
@@ -103,15 +106,13 @@ def test_mean_and_rows_helpers():
     label = np.array([[0, 1], [LABEL_NODATA, 1]], np.uint8)
     assert np.allclose(mean_class_probability(p, label), [0.25, 0.75])  # only the 2 pixels with both
     assert (mean_class_probability(p, np.full((2, 2), LABEL_NODATA)) == 0).all()
-    rows = FetchedRows("x", 2, limit=2)
-    loc = Location(index=5, lon=0.0, lat=0.0, epsg=32631, x=0.0, y=0.0)
-    windows = [SeasonWindow(season=s, reference=dt.date(2021, 1, 1), start=dt.date(2021, 1, 1),
-                            end=dt.date(2021, 1, 2)) for s in (0, 1)]
-    rows.put(loc, 1, np.array([0.5, 0.5]))
-    rows.put(loc, 0, None)
-    assert rows.take(loc, windows).tolist() == [[0.0, 0.0], [0.5, 0.5]]
-    with pytest.raises(RuntimeError, match="not fetched"):
-        rows.take(loc, windows)  # taken once
+    row = np.linspace(0, 1, K)
+    samples = [SeasonSample({}, None, dw_probability=np.zeros(K)), SeasonSample({}, None, dw_probability=row)]
+    out = season_products(samples)
+    assert list(out) == [DW_PROBABILITY] and out[DW_PROBABILITY].tolist() == [[0.0] * K, row.tolist()]
+    assert season_products([SeasonSample({}, None)] * 2) == {}  # a source without the product
+    with pytest.raises(RuntimeError, match=r"no row for season\(s\) \[1\]"):
+        season_products([samples[1], SeasonSample({}, None)])
 
 
 # ------------------------------------------------------------------------------------------ the archive
@@ -186,13 +187,16 @@ class DWTransport:
     def get_info(self, computation, tag):
         return json.loads(json.dumps(self.meta[tag]))
 
+    def probability(self, request) -> np.ndarray:
+        return self.prob
+
     def compute_pixels(self, request, tag):
         self.requests.append({"tag": tag, **request})
         bands, n = request["bandIds"], self.size
         if tag == "dw":
             values = {"label": self.label}
         elif tag == "dw_probability":
-            values = dict(zip(DW_CLASSES, self.prob))
+            values = dict(zip(DW_CLASSES, self.probability(request)))
         else:
             values = {b: np.full((n, n), 1000, np.uint16) for b in bands}
         out = np.zeros((n, n), dtype=[(b, values[b].dtype) for b in bands])
@@ -214,7 +218,7 @@ def test_earth_engine_requests_the_probability_bands_of_the_label_image(ee_offli
                             sleep=lambda s: None, dw_probabilities=True)
     assert src.describe()["label_products"][DW_PROBABILITY]["classes"] == list(DW_CLASSES)
     sample = src.fetch(LOC, WINDOW, GRID, {"s2_l1c": ("B4",)})
-    row = src.patch_products(LOC, [WINDOW], GRID)[DW_PROBABILITY]
+    row = sample.dw_probability
     asked = [r for r in fake.requests if r["tag"] == "dw_probability"]
     if method is None:  # no Dynamic World image: no label map, no probability request, zeros
         assert sample.label is None and not asked and (row == 0).all()
@@ -232,7 +236,7 @@ def test_earth_engine_requests_the_probability_bands_of_the_label_image(ee_offli
         assert calls(tree, "reduce.mean") and not calls(tree, "Filter.equals")
     valid = (fake.label != LABEL_NODATA) & (fake.prob >= 0).all(0)
     expected = fake.prob[:, valid].astype(np.float64).mean(1)
-    assert row.shape == (1, K) and np.allclose(row[0], expected, atol=1e-7)
+    assert row.shape == (K,) and np.allclose(row, expected, atol=1e-7)
 
 
 def test_earth_engine_without_the_switch_asks_nothing_more(ee_offline):
@@ -243,9 +247,59 @@ def test_earth_engine_without_the_switch_asks_nothing_more(ee_offline):
     fake = DWTransport(GRID.size, {"matched": 1, "window": 3})
     src = EarthEngineSource(EarthEngineSourceOptions(requests_per_second=1e6), 20.0, transport=fake,
                             sleep=lambda s: None)
-    src.fetch(LOC, WINDOW, GRID, {"s2_l1c": ("B4",)})
+    sample = src.fetch(LOC, WINDOW, GRID, {"s2_l1c": ("B4",)})
     assert [r["tag"] for r in fake.requests] == ["s2_l1c", "dw"]
-    assert "label_products" not in src.describe() and src.patch_products(LOC, [WINDOW], GRID) == {}
+    assert "label_products" not in src.describe() and sample.dw_probability is None
+
+
+class SeasonalDWTransport(DWTransport):
+    """:class:`DWTransport` whose probability bands differ by season (classes rolled by the window start's
+    ordinal) and come back after a random delay, so that concurrent seasons answer out of order.
+    """
+
+    def __init__(self, size: int):
+        super().__init__(size, {"matched": 0, "window": 3})  # "mode": the probability request names its window
+        self._rng = np.random.default_rng(0)
+
+    def rolled(self, start: str) -> np.ndarray:
+        return np.roll(self.prob, dt.date.fromisoformat(start[:10]).toordinal() % K, axis=0)
+
+    def probability(self, request) -> np.ndarray:
+        from ee_fakes import calls, graph
+
+        time.sleep(0.02 * self._rng.random())
+        return self.rolled(calls(graph(request["expression"]), "DateRange")[0]["start"])
+
+
+def test_seasons_fetched_concurrently_keep_their_own_rows(ee_offline, tmp_path):
+    """The Earth Engine source fetches a patch's seasons on threads: each season's row travels with its own
+    sample into the patch's ``dw_probability``, in season order, the same as fetching one after another.
+    """
+    from ee_fakes import GRID, LOC
+
+    from pipeline.curate import process_patch, start_patch
+    from pipeline.sources.earthengine import EarthEngineSource
+
+    manifest = Manifest.model_validate({
+        "source": {"kind": "earthengine", "earthengine": {"project": "offline-test", "requests_per_second": 1e6}},
+        "modalities": {"s2_l1c": {"bands": ["B4"]}, "s2_l2a": {"enabled": False}, "s1_grd": {"enabled": False}},
+        "patch": {"size_px": GRID.size}, "labels": {"dw_probabilities": True},
+        "store": {"path": str(tmp_path / "a.zarr")}})
+    results = []
+    for pool in (None, ThreadPoolExecutor(4)):
+        fake = SeasonalDWTransport(GRID.size)
+        src = EarthEngineSource(manifest.source.earthengine, 20.0, transport=fake, sleep=lambda s: None,
+                                dw_probabilities=True)
+        results.append(process_patch(src, manifest, LOC, pool=pool))
+    windows = start_patch(src, manifest, LOC).windows  # (no pool: nothing is fetched)
+    valid = (fake.label != LABEL_NODATA) & (fake.prob >= 0).all(0)
+    expected = np.stack([fake.rolled(w.start.isoformat())[:, valid].astype(np.float64).mean(1) for w in windows])
+    assert len({row.argmax() for row in expected}) > 1  # the seasons' rows differ
+    for result in results:
+        assert result.status == STATUS_DONE, result.reason
+        prob = result.products[DW_PROBABILITY]
+        assert prob.dtype == np.float32 and np.allclose(prob, expected, atol=1e-6)
+    assert results[0].products[DW_PROBABILITY].tobytes() == results[1].products[DW_PROBABILITY].tobytes()
 
 
 def test_probabilities_above_one_are_corrupt(ee_offline):

@@ -6,8 +6,8 @@ modality fails before any pixel request, then downloads the pixels of each selec
 patch grid and the Dynamic World label map (matched by L1C ``system:index``, else the per-pixel mode of
 the window; no label map when the window has no Dynamic World image).
 With ``dw_probabilities`` (the manifest's ``labels.dw_probabilities``) the 9 class-probability bands
-of the same label image follow on the same grid, and their mean over the valid label pixels is kept
-for :meth:`EarthEngineSource.patch_products` (the ``dw_probability`` product, :mod:`pipeline.reference`).
+of the same label image follow on the same grid, and their mean over the valid label pixels comes back
+with the season (``SeasonSample.dw_probability``, the ``dw_probability`` product of :mod:`pipeline.reference`).
 
 Requests that depend on each other stay in order (selection → pixels; L1C selection → Dynamic World
 match → label pixels); independent ones overlap: the selections of one season run at once, then the
@@ -36,7 +36,7 @@ from pipeline.bands import DW_CLASSES, LABEL_NODATA, MODALITY_BANDS, MODALITY_DT
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location
 from pipeline.manifest import EarthEngineSourceOptions
-from pipeline.reference import DW_PROBABILITY, FetchedRows, dw_probability_product, mean_class_probability
+from pipeline.reference import DW_PROBABILITY, dw_probability_product, mean_class_probability
 from pipeline.seasons import SeasonWindow
 from pipeline.sources.base import (
     CorruptData,
@@ -123,7 +123,6 @@ class EarthEngineSource(PerProcessState):
         self._sleep = sleep
         self._transport = transport
         self.dw_probabilities = bool(dw_probabilities)
-        self._dw_rows = FetchedRows(DW_PROBABILITY, len(DW_CLASSES)) if self.dw_probabilities else None
         self._setup_runtime()
 
     def _setup_runtime(self) -> None:
@@ -257,21 +256,6 @@ class EarthEngineSource(PerProcessState):
                                                       "bands": list(DW_PROBABILITY_BANDS)}}
         return out
 
-    def patch_products(self, location: Location, windows: list[SeasonWindow], grid: PatchGrid) -> dict[str, Any]:
-        """The ``dw_probability`` rows :meth:`fetch` kept for the location's seasons (``{}`` when off).
-
-        Args:
-            location: The location.
-            windows: Its season windows, in season order (each fetched by this object).
-            grid: The patch grid (unused: the rows were computed on it while fetching).
-
-        Returns:
-            ``{"dw_probability": (S, 9) float64}``, or ``{}`` without ``dw_probabilities``.
-        """
-        if self._dw_rows is None:
-            return {}
-        return {DW_PROBABILITY: self._dw_rows.take(location, windows)}
-
     def fetch(self, location: Location, window: SeasonWindow, grid: PatchGrid,
               modalities: dict[str, tuple[str, ...]]) -> SeasonSample:
         check_modalities(modalities)
@@ -314,9 +298,9 @@ class EarthEngineSource(PerProcessState):
         if want_labels:
             label, label_extra, row = results[-1]
             extra.update(label_extra)
-        if self._dw_rows is not None:
-            self._dw_rows.put(location, window.season, row)
-        return SeasonSample(images=images, label=label, extra=extra)
+        if self.dw_probabilities and row is None:  # no label map this season: zeros, as for no valid pixel
+            row = np.zeros(len(DW_CLASSES))
+        return SeasonSample(images=images, label=label, extra=extra, dw_probability=row)
 
     def _run_in_order(self, jobs: list[Callable[[], Any]]) -> list[Any]:
         """Results of ``jobs`` in order; with concurrency they overlap and, once all have ended, the first

@@ -20,8 +20,8 @@ This module chooses the acquisitions and assembles the sample; the world is gene
   computed per patch by :meth:`SyntheticSource.patch_products` (written by :mod:`pipeline.reference`).
 * **Dynamic World probabilities** (``dw_probabilities=True``, the manifest's ``labels.dw_probabilities``):
   the mean class probability over the valid label pixels of each season, from the label-noise model
-  (:mod:`pipeline.sources.synthetic.probability`); computed while fetching and handed to
-  :meth:`SyntheticSource.patch_products` as the ``dw_probability`` product. Off, nothing changes.
+  (:mod:`pipeline.sources.synthetic.probability`); computed while fetching and returned with the season
+  (``SeasonSample.dw_probability``, the ``dw_probability`` product). Off, nothing changes.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pipeline.bands import DW_CLASSES, MODALITY_BANDS
 from pipeline.grid import PatchGrid
 from pipeline.locations import Location
 from pipeline.manifest import SyntheticSourceOptions
-from pipeline.reference import DW_PROBABILITY, FetchedRows, dw_probability_product
+from pipeline.reference import DW_PROBABILITY, dw_probability_product
 from pipeline.seasons import SeasonWindow
 from pipeline.sources.base import (
     LabelMap,
@@ -80,7 +80,6 @@ class SyntheticSource:
         self._attempts: dict[tuple[int, int], int] = {}
         self._cache: OrderedDict[tuple, World] = OrderedDict()
         self.dw_probabilities = bool(dw_probabilities)
-        self._dw_rows = FetchedRows(DW_PROBABILITY, len(DW_CLASSES)) if self.dw_probabilities else None
 
     # pickling (Dask workers): locks and caches are per process
     def __getstate__(self) -> dict:
@@ -124,19 +123,15 @@ class SyntheticSource:
 
         Returns:
             ``{"reference": (S, len(REFERENCE_CLASSES)) float64}``: the class fractions of the reference
-            land cover (:mod:`pipeline.sources.synthetic.reference`) of each season; with
-            ``dw_probabilities`` also ``"dw_probability": (S, 9)``, the rows :meth:`fetch` computed for
-            these seasons (each season must have been fetched by this object).
+            land cover (:mod:`pipeline.sources.synthetic.reference`) of each season. (The
+            ``dw_probability`` rows come with each season's sample from :meth:`fetch`.)
         """
         world = self._world(location, grid)
         rows = []
         for w in windows:
             _, winter = season_phase(world.place, w.centre)
             rows.append(reference_fraction(reference_map(world, seasonal_cover(world, winter), grid.resolution)))
-        out = {"reference": np.stack(rows)}
-        if self._dw_rows is not None:
-            out[DW_PROBABILITY] = self._dw_rows.take(location, windows)
-        return out
+        return {"reference": np.stack(rows)}
 
     # ------------------------------------------------------------------ helpers
     def _world(self, loc: Location, grid: PatchGrid) -> World:
@@ -223,7 +218,8 @@ class SyntheticSource:
             images["s1_grd"], pass_dir = render_s1(world, self.options.seed, location, window, grid, lc, doy_eff,
                                                    winter, modalities["s1_grd"])
             extra["s1_pass"] = pass_dir
-        if self._dw_rows is not None:
-            self._dw_rows.put(location, window.season,
-                              None if label is None else mean_probability(self.options.label_noise, lc, label.data))
-        return SeasonSample(images=images, label=label, extra=extra)
+        probability = None
+        if self.dw_probabilities:
+            probability = (np.zeros(len(DW_CLASSES)) if label is None
+                           else mean_probability(self.options.label_noise, lc, label.data))
+        return SeasonSample(images=images, label=label, extra=extra, dw_probability=probability)
