@@ -27,8 +27,20 @@ Available crosswalks (:data:`CROSSWALKS`):
 * ``esa_worldcover``: ESA WorldCover 10 m codes 10, 20, …, 100 as suggested in the shared-data
   provenance notes. *Moss and lichen* (100) is **our choice** ``grass`` (vegetated, not bare);
   *mangroves* (95) go with ``flooded_vegetation``.
+* ``io_lulc_annual_v02``: Impact Observatory / Esri 10 m Annual Land Use Land Cover, 9-class legend
+  (Planetary Computer collection ``io-lulc-annual-v02``,
+  planetarycomputer.microsoft.com/dataset/io-lulc-annual-v02; class values as listed at
+  docs.planet.com/data/public-data/other-datasets/impact-observatory-lulc-map: 1 water, 2 trees,
+  4 flooded vegetation, 5 crops, 7 built area, 8 bare ground, 9 snow/ice, 10 clouds, 11 rangeland;
+  0 no data; model: Karra et al. 2021, "Global land use/land cover with Sentinel-2 and deep
+  learning", IGARSS 2021). *Clouds* (10) become no label, like no data. *Rangeland* (11) takes the
+  place of the grass (3) and scrub/shrub (6) codes of the earlier 10-class legend, so it covers both
+  DW ``grass`` and ``shrub_and_scrub``; **our choice** is ``grass`` (open grazing land). This
+  crosswalk therefore cannot produce ``shrub_and_scrub`` (:data:`UNREACHABLE_CLASSES`). Another
+  reading of rangeland is another crosswalk: a CSV in ``pipeline/data``, named in :data:`CROSSWALKS`, chosen with
+  ``source.stac.landcover_crosswalk``.
 
-These crosswalks are ours, not published by either source or by SSL4EO-S12-ML. In every LUT,
+These crosswalks are ours, not published by any of the sources or by SSL4EO-S12-ML. In every LUT,
 codes without a row and the source's nodata code map to 255.
 """
 
@@ -45,7 +57,9 @@ import numpy as np
 from pipeline.bands import DW_CLASSES, LABEL_NODATA
 
 #: Names accepted by :func:`load_crosswalk`, :func:`crosswalk_lut` and :func:`apply_crosswalk`.
-CROSSWALKS: tuple[str, ...] = ("eolearn_lulc", "esa_worldcover")
+CROSSWALKS: tuple[str, ...] = ("eolearn_lulc", "esa_worldcover", "io_lulc_annual_v02")
+#: DW classes a crosswalk cannot produce because its legend has no class for them (absent: it reaches all 9).
+UNREACHABLE_CLASSES: dict[str, tuple[str, ...]] = {"io_lulc_annual_v02": ("shrub_and_scrub",)}
 
 _COLUMNS = ("source_code", "source_name", "dw_index", "dw_class", "note")
 _NODATA_NAME = "nodata"

@@ -140,7 +140,7 @@ class StacSourceOptions(_Strict):
     """Unit of the S1 assets: ``linear`` power (Planetary Computer RTC, converted to dB) or ``db``."""
     landcover_crosswalk: str | None = None
     """A crosswalk of :mod:`pipeline.crosswalks`, ``dw`` when the codes are DW classes, ``None`` = by collection
-    (``esa-worldcover`` → ``esa_worldcover``)."""
+    (:data:`pipeline.sources.stac.source.COLLECTION_CROSSWALKS`)."""
     landcover_resampling: Literal["nearest", "mode"] = "nearest"
     sign: str | None = None
     """Dotted name of a URL-signing hook called on each selected item before its assets are read, e.g.

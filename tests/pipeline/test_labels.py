@@ -15,6 +15,7 @@ import zarr
 from pipeline.bands import DW_CLASSES, LABEL_NODATA
 from pipeline.crosswalks import (
     CROSSWALKS,
+    UNREACHABLE_CLASSES,
     apply_crosswalk,
     crosswalk_lut,
     crosswalk_rows,
@@ -414,6 +415,8 @@ EOLEARN_LEGEND = {0: "no data", 1: "cultivated land", 2: "forest", 3: "grassland
                   5: "water", 6: "wetlands", 7: "tundra", 8: "artificial surface", 9: "bareland",
                   10: "snow and ice"}
 WORLDCOVER_CODES = [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
+IO_LULC_V02_LEGEND = {0: "no data", 1: "water", 2: "trees", 4: "flooded vegetation", 5: "crops", 7: "built area",
+                      8: "bare ground", 9: "snow/ice", 10: "clouds", 11: "rangeland"}
 
 
 def dw(name: str) -> int:
@@ -425,19 +428,23 @@ def test_crosswalk_tables_complete():
     assert {c: r.source_name for c, r in eo.items()} == EOLEARN_LEGEND
     wc = {r.source_code: r for r in crosswalk_rows("esa_worldcover")}
     assert sorted(wc) == WORLDCOVER_CODES
+    io = {r.source_code: r for r in crosswalk_rows("io_lulc_annual_v02")}
+    assert {c: r.source_name for c, r in io.items()} == IO_LULC_V02_LEGEND
+    assert set(UNREACHABLE_CLASSES) <= set(CROSSWALKS)
     for name in CROSSWALKS:
         rows = crosswalk_rows(name)
         for r in rows:
-            if r.source_code == 0:
-                assert r.dw_index == LABEL_NODATA and r.dw_class == "nodata"
-            else:
-                assert r.dw_class == DW_CLASSES[r.dw_index]
-        # every DW class is reachable from both legends
-        assert {r.dw_index for r in rows} - {LABEL_NODATA} == set(range(K))
+            assert r.dw_class == ("nodata" if r.dw_index == LABEL_NODATA else DW_CLASSES[r.dw_index])
+        assert [r.dw_class for r in rows if r.source_code == 0] == ["nodata"]  # 0 is every legend's no data
+        # every DW class is reachable, except those the legend has no class for (declared once, per crosswalk)
+        missing = {DW_CLASSES[k] for k in set(range(K)) - {r.dw_index for r in rows}}
+        assert missing == set(UNREACHABLE_CLASSES.get(name, ())), name
     # the documented choices
     assert eo[7].dw_class == "grass" and "choice" in eo[7].note
     assert wc[100].dw_class == "grass" and "choice" in wc[100].note
     assert wc[95].dw_class == "flooded_vegetation" and wc[95].note
+    assert io[11].dw_class == "grass" and "choice" in io[11].note and "shrub_and_scrub" in io[11].note
+    assert io[10].dw_class == "nodata" and io[10].note  # clouds: no label
     assert load_crosswalk("eolearn_lulc") == {1: dw("crops"), 2: dw("trees"), 3: dw("grass"),
                                               4: dw("shrub_and_scrub"), 5: dw("water"),
                                               6: dw("flooded_vegetation"), 7: dw("grass"), 8: dw("built"),
@@ -447,6 +454,9 @@ def test_crosswalk_tables_complete():
                                                 70: dw("snow_and_ice"), 80: dw("water"),
                                                 90: dw("flooded_vegetation"), 95: dw("flooded_vegetation"),
                                                 100: dw("grass")}
+    assert load_crosswalk("io_lulc_annual_v02") == {1: dw("water"), 2: dw("trees"), 4: dw("flooded_vegetation"),
+                                                    5: dw("crops"), 7: dw("built"), 8: dw("bare"),
+                                                    9: dw("snow_and_ice"), 11: dw("grass")}
 
 
 @pytest.mark.parametrize("name", CROSSWALKS)

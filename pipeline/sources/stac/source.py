@@ -70,7 +70,7 @@ from pipeline.sources.stac.search import (
 )
 
 #: Land-cover collection id → crosswalk of :mod:`pipeline.crosswalks` used when ``landcover_crosswalk`` is unset.
-COLLECTION_CROSSWALKS = {"esa-worldcover": "esa_worldcover"}
+COLLECTION_CROSSWALKS = {"esa-worldcover": "esa_worldcover", "io-lulc-annual-v02": "io_lulc_annual_v02"}
 _RESAMPLING = ("bilinear", "nearest", "cubic")
 
 

@@ -403,9 +403,17 @@ def test_preflight_names_missing_modalities_catalog_and_hook(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- curation
-def per_location_catalog(root: Path, manifest: Manifest) -> str:
-    """Items for every sampled location and season: S2 L2A + S1 in the location's UTM zone, a land-cover map."""
-    items = {"s2l2a": [], "s1rtc": [], "lc": []}
+def worldcover_map(root: Path, loc: Location, grid: PatchGrid, geom: dict) -> dict:
+    """The assets of a location's WorldCover-coded land-cover item (:func:`synthetic_landcover`)."""
+    return {"map": synthetic_landcover(root, f"loc{loc.index}", loc.index, shapely.geometry.shape(geom).bounds)}
+
+
+def per_location_catalog(root: Path, manifest: Manifest, landcover=("lc", worldcover_map)) -> str:
+    """Items for every sampled location and season: S2 L2A + S1 in the location's UTM zone, a land-cover map
+    (``landcover``: its collection id and the function writing a location's map assets).
+    """
+    collection, write_map = landcover
+    items = {"s2l2a": [], "s1rtc": [], collection: []}
     for loc in sample_locations(manifest.sampling, manifest.patch):
         grid = PatchGrid.for_location(loc, manifest.patch.size_px, manifest.patch.resolution_m)
         origin, extent = (grid.x0 - 120.0, grid.y0 + 120.0), grid.size * grid.resolution + 240.0
@@ -419,19 +427,25 @@ def per_location_catalog(root: Path, manifest: Manifest) -> str:
                                             **{"eo:cloud_cover": 3.0}))
             items["s1rtc"].append(make_item(f"{tag}-s1", when, geom, synthetic_s1(root, tag, loc.index + 50,
                                                                                   origin, extent, loc.epsg)))
-        lc = synthetic_landcover(root, f"loc{loc.index}", loc.index, shapely.geometry.shape(geom).bounds)
-        items["lc"].append(make_item(f"loc{loc.index}-lc", utc(2021, 1, 1), geom, {"map": lc}))
+        items[collection].append(make_item(f"loc{loc.index}-lc", utc(2021, 1, 1), geom,
+                                           write_map(root, loc, grid, geom), start=utc(2021, 1, 1, 0),
+                                           end=utc(2021, 12, 31, 23)))
     return write_catalog(root / "catalog", items)
 
 
-def test_curation_with_stac_source(tmp_path):
-    data = {"source": {"kind": "stac", "stac": {**SYN_OPTS, "catalog": "PLACEHOLDER"}},
+def curation_manifest(tmp_path: Path, stac: dict, landcover=("lc", worldcover_map)) -> Manifest:
+    """Two locations, two seasons of 2021, 16 px patches, S2 L2A + S1, over :func:`per_location_catalog`."""
+    data = {"source": {"kind": "stac", "stac": {**stac, "catalog": "PLACEHOLDER"}},
             "sampling": {"n_locations": 2, "top_n_cities": 20, "seed": 7},
             "seasons": {"reference_dates": ["2021-03-20", "2021-06-21"]},
             "modalities": {"s2_l1c": {"enabled": False}},
             "patch": {"size_px": 16}, "store": {"path": str(tmp_path / "stac.zarr"), "patches_per_shard": 2}}
-    data["source"]["stac"]["catalog"] = per_location_catalog(tmp_path, Manifest.model_validate(data))
-    m = Manifest.model_validate(data)
+    data["source"]["stac"]["catalog"] = per_location_catalog(tmp_path, Manifest.model_validate(data), landcover)
+    return Manifest.model_validate(data)
+
+
+def test_curation_with_stac_source(tmp_path):
+    m = curation_manifest(tmp_path, SYN_OPTS)
     assert preflight(m) == []
     g = curate_all(m)  # build_source(manifest) → StacSource
     assert g.attrs["source"]["name"] == "stac" and g.attrs["synthetic"] is False
@@ -458,6 +472,42 @@ def test_curation_with_stac_source(tmp_path):
 
 def synthetic_href(root: Path, loc: Location, season: int, key: str) -> str:
     return str(root / f"loc{loc.index}-s{season}_{key}.tif")
+
+
+# One io-lulc-annual-v02 code per patch row: rangeland, trees, clouds, no data, water.
+IO_ROWS = np.repeat(np.array([11, 2, 10, 0, 1], np.uint8), [4, 4, 2, 2, 4])
+
+
+def io_lulc_map(root: Path, loc: Location, grid: PatchGrid, geom: dict) -> dict:
+    """A Planetary Computer ``io-lulc-annual-v02``-like asset (key ``data``, nodata 0) on the patch's own
+    10 m pixels: :data:`IO_ROWS` down the patch, rangeland in the 12 px margin around it.
+    """
+    rows = np.full(grid.size + 24, 11, np.uint8)
+    rows[12:12 + grid.size] = IO_ROWS
+    codes = np.repeat(rows[:, None], grid.size + 24, axis=1)
+    return {"data": write_cog(root / f"loc{loc.index}_io.tif", codes, grid.crs,
+                              from_origin(grid.x0 - 120.0, grid.y0 + 120.0, 10.0, 10.0), nodata=0)}
+
+
+def test_io_lulc_annual_v02_labels_by_collection(tmp_path):
+    """``collections.landcover: io-lulc-annual-v02`` needs no ``landcover_crosswalk``: rangeland becomes
+    grass (never shrub_and_scrub), clouds and no data no label, the rest their DW class.
+    """
+    stac = {"collections": {"s2_l2a": "s2l2a", "s1_grd": "s1rtc", "landcover": "io-lulc-annual-v02"}}
+    m = curation_manifest(tmp_path, stac, landcover=("io-lulc-annual-v02", io_lulc_map))
+    assert preflight(m) == [] and build_source(m).crosswalk == "io_lulc_annual_v02"
+    g = curate_all(m)
+    assert g["status"][:].tolist() == [STATUS_DONE, STATUS_DONE]
+    assert g.attrs["source"]["landcover_crosswalk"] == "io_lulc_annual_v02"
+    assert set(g["label_method"][:].ravel().tolist()) == {"landcover:io-lulc-annual-v02"}
+    k = {name: i for i, name in enumerate(g["class"][:].tolist())}
+    row_class = np.array([k["grass"]] * 4 + [k["trees"]] * 4 + [LABEL_NODATA] * 4 + [k["water"]] * 4, np.uint8)
+    np.testing.assert_array_equal(g["dw_label"][:], np.broadcast_to(row_class[:, None], g["dw_label"].shape))
+    fraction = np.zeros(len(k), np.float32)
+    fraction[[k["grass"], k["trees"], k["water"]]] = 1 / 3  # 64 px each of the 192 labelled ones
+    np.testing.assert_allclose(g["label_fraction"][:], np.broadcast_to(fraction, g["label_fraction"].shape))
+    np.testing.assert_array_equal(g["multi_hot"][:], np.broadcast_to(fraction > 0, g["multi_hot"].shape))
+    assert not g["label_fraction"][..., k["shrub_and_scrub"]].any()
 
 
 # --------------------------------------------------------------------------------------- real samples
