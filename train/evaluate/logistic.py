@@ -27,9 +27,16 @@ Our choices (configurable, stated because no paper fixes them):
 * Without a validation split (``val_x=None``), ``val_fraction`` (0.2) of the training items is
   held out for the search, chosen by ``numpy.random.default_rng(seed)``; with ``train_groups``
   whole groups (e.g. archive locations) are held out. The refit then uses the whole training set.
-* ``max_iter=1000``, ``tol=1e-4``; the ``C`` search warm-starts each fit from the previous ``C``
-  (the problem is convex, so this only saves time). Convergence warnings are counted in the
-  result (``config["convergence_warnings"]``), not printed.
+* ``max_iter=1000``; ``tol`` 1e-8 for ``newton-cholesky`` (two more Newton steps than 1e-4, and the
+  difference matters for weakly regularised fits), 1e-4 for ``lbfgs``; the ``C`` search
+  warm-starts each fit from the previous ``C`` (the problem is convex, so this only saves time).
+  Convergence warnings are counted in the result (``config["convergence_warnings"]``), not printed.
+* Multi-label binary models are fitted with scikit-learn's ``newton-cholesky`` solver by default
+  (``solver``): on frozen features (a few thousand items, a few hundred dimensions, weak
+  regularisation) L-BFGS often stops at ``max_iter`` far from the optimum (measured on 512-d
+  ResNet-18 features of 2800 items at ``C = 1``: scores still 1.5 away from the exact optimum after
+  1000 iterations, and 8× slower), while Newton steps reach it in a few iterations. The
+  multinomial (single-label) model keeps ``lbfgs``.
 
 As in scikit-learn, ``C`` multiplies the summed (not averaged) log-loss, so the refit on more
 items with the same ``C`` is slightly less regularised; this is the usual refit practice
@@ -51,12 +58,17 @@ import torch
 from train.evaluate.bootstrap import BootstrapConfig, classification_intervals
 from train.evaluate.probe import classification_metrics, is_multilabel
 
-__all__ = ["CONSTANT_LOGIT", "DEFAULT_CS", "LogisticResult", "holdout_split", "train_logistic_probe"]
+__all__ = ["CONSTANT_LOGIT", "DEFAULT_CS", "DEFAULT_MULTILABEL_SOLVER", "LogisticResult", "holdout_split",
+           "train_logistic_probe"]
 
 #: The default grid of inverse regularisation strengths: 10^-4 … 10^4, one per decade.
 DEFAULT_CS: tuple[float, ...] = tuple(float(10.0 ** e) for e in range(-4, 5))
 #: Logit given to a multi-label class that the fitting set has only as positive (+) or negative (−).
 CONSTANT_LOGIT = 20.0
+#: scikit-learn solver of the multi-label (one-vs-rest binary) models; see the module docstring.
+DEFAULT_MULTILABEL_SOLVER = "newton-cholesky"
+#: Stopping tolerance per scikit-learn solver when ``tol`` is not given.
+DEFAULT_TOL = {"newton-cholesky": 1e-8, "lbfgs": 1e-4}
 #: Metrics where lower is better (the search minimises them).
 _LOWER_IS_BETTER = frozenset({"hamming_loss"})
 
@@ -120,9 +132,10 @@ class _Scaler:
 class _Model:
     """One-vs-rest binary models (multi-label) or one multinomial model (single-label) at one ``C``."""
 
-    def __init__(self, multilabel: bool, num_classes: int, max_iter: int, tol: float):
+    def __init__(self, multilabel: bool, num_classes: int, max_iter: int, tol: float | None, solver: str):
         self.multilabel, self.num_classes = multilabel, num_classes
-        self.max_iter, self.tol = max_iter, tol
+        self.solver = solver if multilabel else "lbfgs"
+        self.max_iter, self.tol = max_iter, DEFAULT_TOL.get(self.solver, 1e-4) if tol is None else tol
         self.estimators: dict[int, Any] = {}
         self.constant: dict[int, float] = {}
         self.n_warnings = 0
@@ -132,7 +145,8 @@ class _Model:
 
         est = self.estimators.get(key)
         if est is None:
-            est = LogisticRegression(C=c, max_iter=self.max_iter, tol=self.tol, warm_start=True)
+            est = LogisticRegression(C=c, max_iter=self.max_iter, tol=self.tol, warm_start=True,
+                                     solver=self.solver)
             self.estimators[key] = est
         else:
             est.set_params(C=c)
@@ -196,8 +210,9 @@ def train_logistic_probe(train_x: Any, train_y: Any, test_x: Any = None, test_y:
                          val_x: Any = None, val_y: Any = None, Cs: Sequence[float] = DEFAULT_CS,
                          multilabel: bool | None = None, num_classes: int | None = None,
                          selection_metric: str | None = None, val_fraction: float = 0.2,
-                         train_groups: Any = None, seed: int = 0, max_iter: int = 1000, tol: float = 1e-4,
+                         train_groups: Any = None, seed: int = 0, max_iter: int = 1000, tol: float | None = None,
                          standardize: bool = True, keep_scores: bool = True,
+                         solver: str = DEFAULT_MULTILABEL_SOLVER,
                          bootstrap: BootstrapConfig | Mapping[str, Any] | None = None,
                          test_groups: Any = None) -> LogisticResult:
     """Pick ``C`` on the validation split, refit on train + validation, score on test (module docstring).
@@ -211,8 +226,9 @@ def train_logistic_probe(train_x: Any, train_y: Any, test_x: Any = None, test_y:
         selection_metric: validation metric to maximise (``hamming_loss`` is minimised); default
             ``OA`` (single-label) / ``mAP_macro`` (multi-label).
         val_fraction, train_groups, seed: the held-out validation part when ``val_x`` is None.
-        max_iter, tol: L-BFGS settings of each fit.
+        max_iter, tol: solver settings of each fit (``tol=None``: :data:`DEFAULT_TOL` of the solver).
         standardize: z-score the features with the fitting set's statistics.
+        solver: scikit-learn solver of the multi-label binary models (module docstring).
         keep_scores: keep the test scores in the result.
         bootstrap: interval settings (:class:`~train.evaluate.bootstrap.BootstrapConfig` or a
             mapping); None = no intervals.
@@ -253,7 +269,7 @@ def train_logistic_probe(train_x: Any, train_y: Any, test_x: Any = None, test_y:
     # -- search C on the validation part
     scaler = _Scaler(xfit, standardize)
     fx, vx = scaler(xfit), scaler(xval)
-    search_model = _Model(multilabel, c_out, max_iter, tol)
+    search_model = _Model(multilabel, c_out, max_iter, tol, solver)
     search: dict[str, float] = {}
     best_c, best_value = cs[0], -math.inf
     for c in cs:
@@ -272,7 +288,7 @@ def train_logistic_probe(train_x: Any, train_y: Any, test_x: Any = None, test_y:
     else:
         xall, yall = np.concatenate([xtr, xval]), np.concatenate([ytr, yval])
     final_scaler = _Scaler(xall, standardize)
-    final = _Model(multilabel, c_out, max_iter, tol).fit(final_scaler(xall), yall, best_c)
+    final = _Model(multilabel, c_out, max_iter, tol, solver).fit(final_scaler(xall), yall, best_c)
 
     metrics: dict[str, float] = {}
     per_class: list[float | None] = []
@@ -289,9 +305,9 @@ def train_logistic_probe(train_x: Any, train_y: Any, test_x: Any = None, test_y:
               "selection_metric": metric_name, "validation": val_source, "refit": "train + validation",
               "n_fit": len(xfit), "n_val": len(xval), "n_refit": len(xall),
               "n_test": 0 if yte is None else len(yte), "standardize": standardize,
-              "max_iter": max_iter, "tol": tol, "seed": seed,
+              "max_iter": max_iter, "tol": final.tol, "seed": seed,
               "model": "one-vs-rest binary logistic regression" if multilabel else "multinomial logistic regression",
-              "solver": "scikit-learn LogisticRegression (lbfgs, L2)",
+              "solver": f"scikit-learn LogisticRegression ({final.solver}, L2)",
               "convergence_warnings": search_model.n_warnings + final.n_warnings}
     return LogisticResult(metrics=metrics, per_class_ap=per_class, scores=scores if keep_scores else None,
                           config=config, c_search=search, selected_C=best_c,

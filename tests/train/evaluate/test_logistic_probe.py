@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from train.evaluate.logistic import (
     CONSTANT_LOGIT,
     DEFAULT_CS,
+    DEFAULT_MULTILABEL_SOLVER,
     holdout_split,
     train_logistic_probe,
 )
@@ -60,15 +61,51 @@ def test_refit_on_train_plus_val_with_the_chosen_c(noisy):
     xall = np.concatenate([xtr, xva]).astype(np.float64)
     yall = np.concatenate([ytr, yva])
     mean, std = xall.mean(0), xall.std(0)
-    expected = np.stack([LogisticRegression(C=res.selected_C, max_iter=1000).fit((xall - mean) / std, yall[:, j])
+    expected = np.stack([LogisticRegression(C=res.selected_C, max_iter=1000, solver=DEFAULT_MULTILABEL_SOLVER)
+                         .fit((xall - mean) / std, yall[:, j])
                          .decision_function((xte.astype(np.float64) - mean) / std) for j in range(3)], 1)
     np.testing.assert_allclose(res.scores.numpy(), expected, rtol=1e-6, atol=1e-6)
     metrics, _ = classification_metrics(torch.from_numpy(expected), torch.from_numpy(yte))
     assert res.metrics["mAP_macro"] == pytest.approx(metrics["mAP_macro"])
     # ... which is not the model of the training items alone
     mtr, str_ = xtr.astype(np.float64).mean(0), xtr.astype(np.float64).std(0)
-    train_only = LogisticRegression(C=res.selected_C, max_iter=1000).fit((xtr - mtr) / str_, ytr[:, 0])
+    train_only = LogisticRegression(C=res.selected_C, max_iter=1000, solver=DEFAULT_MULTILABEL_SOLVER).fit(
+        (xtr - mtr) / str_, ytr[:, 0])
     assert not np.allclose(train_only.decision_function((xte - mtr) / str_), res.scores[:, 0].numpy(), atol=1e-3)
+
+
+def newton_logistic(x: np.ndarray, y: np.ndarray, c: float, steps: int = 50) -> np.ndarray:
+    """Plain Newton iterations on ``C·Σ logloss + ½‖w‖²`` (intercept unpenalised); returns ``(w, b)`` stacked."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    theta = np.zeros(xb.shape[1])
+    penalty = np.eye(xb.shape[1]) / c
+    penalty[-1, -1] = 0.0
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-xb @ theta))
+        grad = xb.T @ (p - y) + penalty @ theta
+        hess = xb.T @ (xb * (p * (1 - p))[:, None]) + penalty
+        theta -= np.linalg.solve(hess, grad)
+    return theta
+
+
+def test_multilabel_fits_reach_the_optimum_where_lbfgs_stops_short():
+    """Weakly regularised, nearly separable, correlated features: the default solver lands on the
+    optimum of each class's objective (a plain Newton loop), scikit-learn's default L-BFGS does not.
+    """
+    rng = np.random.default_rng(3)
+    mix = rng.normal(size=(60, 60)) * np.logspace(0, -2, 60)  # badly conditioned features
+    x = rng.normal(size=(400, 60)) @ mix
+    y = np.stack([(x @ rng.normal(size=60) + 0.3 * rng.normal(size=400)) > 0 for _ in range(2)], 1).astype(float)
+    c = 100.0
+    res = train_logistic_probe(x, y, x, y, val_x=x, val_y=y, Cs=[c])
+    xs = (x - x.mean(0)) / x.std(0)
+    # the refit sees train + validation, here x twice: the summed log-loss doubles, i.e. C doubles
+    expected = np.stack([np.hstack([xs, np.ones((400, 1))]) @ newton_logistic(xs, y[:, j], 2 * c) for j in range(2)], 1)
+    np.testing.assert_allclose(res.scores.numpy(), expected, atol=1e-3 * np.abs(expected).max())
+    assert res.config["convergence_warnings"] == 0
+    # scikit-learn's default L-BFGS stops (its gradient tolerance met, no warning) well short of it
+    short = train_logistic_probe(x, y, x, y, val_x=x, val_y=y, Cs=[c], solver="lbfgs")
+    assert np.abs(short.scores.numpy() - expected).max() > 1e-2 * np.abs(expected).max()
 
 
 def test_single_label_multinomial_with_an_absent_class_and_held_out_groups():
