@@ -134,8 +134,9 @@ def _loss_kwargs(cfg: PretrainConfig, world: int, class_counts: torch.Tensor | N
 def _build_data(cfg: PretrainConfig, rank: int, world: int):
     """The training data set (the configured splits' done patches) and this rank's loader."""
     sar1 = cfg.modality == "s1_grd"
-    t1 = sar_view_transforms(cfg.crop_size) if sar1 else ms_view_transforms(cfg.crop_size, 1)
-    t2 = sar_view_transforms(cfg.crop_size) if sar1 else ms_view_transforms(cfg.crop_size, 2)
+    ms = {k: tuple(v) if k == "scale" else v for k, v in cfg.augment.items()}
+    t1 = sar_view_transforms(cfg.crop_size) if sar1 else ms_view_transforms(cfg.crop_size, 1, **ms)
+    t2 = sar_view_transforms(cfg.crop_size) if sar1 else ms_view_transforms(cfg.crop_size, 2, **ms)
     kwargs: dict[str, Any] = {}
     if cfg.statistics != "published":
         kwargs["normalizer"] = Normalizer.from_file(cfg.statistics, cfg.modality)
@@ -143,7 +144,8 @@ def _build_data(cfg: PretrainConfig, rank: int, world: int):
             kwargs["normalizer2"] = Normalizer.from_file(cfg.statistics, cfg.modality2)
     if cfg.view_mode == "cross_modal":
         sar2 = cfg.modality2 == "s1_grd"
-        kwargs["transforms2"] = sar_view_transforms(cfg.crop_size) if sar2 else ms_view_transforms(cfg.crop_size, 2)
+        kwargs["transforms2"] = (sar_view_transforms(cfg.crop_size) if sar2
+                                 else ms_view_transforms(cfg.crop_size, 2, **ms))
         kwargs["modality2"] = cfg.modality2
     # the done patches of the configured splits only (BadInput when the archive has no split)
     ds = ArchiveDataset(cfg.archive, modality=cfg.modality, view_mode=cfg.view_mode, transforms=(t1, t2),

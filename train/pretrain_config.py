@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.store_target import is_url
 
+#: Keys of ``augment`` (keyword arguments of :func:`train.augment.ms_view_transforms`).
+AUGMENT_KEYS = ("scale", "jitter_p", "gray_p", "blur_p", "hflip_p", "vflip_p")
+
 __all__ = ["LossConfig", "PretrainConfig", "load_config"]
 
 
@@ -68,6 +71,11 @@ class PretrainConfig(BaseModel):
     proj_out: int = 128
     pred_hidden: int = 512
     loss: LossConfig = LossConfig(options={"temperature": 0.2, "lam": 1.0, "soft_term": "bce"})
+    augment: dict[str, Any] = {}
+    """Overrides of the multispectral view recipe (:func:`train.augment.ms_view_transforms`: ``scale``,
+    ``jitter_p``, ``gray_p``, ``blur_p``, ``hflip_p``, ``vflip_p``); empty = the SSL4EO-S12 / MoCo v3
+    recipe. E.g. ``{jitter_p: 0, gray_p: 0, blur_p: 0}`` keeps every view's spectra (crops and flips
+    only). S1 views keep :func:`train.augment.sar_view_transforms`."""
     mask_ratio: float = Field(0.5, ge=0, lt=1)
     """Siamese masking ratio on the online branch (our choice; the paper's value is UNVERIFIED)."""
     momentum: float = Field(0.99, ge=0, le=1)
@@ -108,6 +116,20 @@ class PretrainConfig(BaseModel):
                 raise ValueError("empty; name the splits to train on (e.g. [train]) or say 'all' for every done patch")
             if len(set(v)) != len(v):
                 raise ValueError(f"{v} names a split twice")
+        return v
+
+    @field_validator("augment")
+    @classmethod
+    def _augment_known(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(AUGMENT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; known: {list(AUGMENT_KEYS)}")
+        for key, value in v.items():
+            if key == "scale":
+                if not (isinstance(value, list | tuple) and len(value) == 2 and 0 < value[0] <= value[1] <= 1):
+                    raise ValueError(f"scale must be [low, high] with 0 < low <= high <= 1, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ValueError(f"{key} is a probability in [0, 1], got {value!r}")
         return v
 
 

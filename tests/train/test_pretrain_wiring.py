@@ -304,3 +304,24 @@ def test_exported_backbone_reproduces_the_in_memory_backbone(archive, tmp_path, 
     with torch.no_grad():
         torch.testing.assert_close(exported(x), in_memory(x), rtol=1e-5, atol=1e-5)
 
+
+
+def _view_settings(transform) -> dict:
+    """The random choices of a multispectral view recipe, by transform class."""
+    return {type(t).__name__: (t.scale if hasattr(t, "scale") else t.p) for t in transform.transforms}
+
+
+def test_augment_overrides_reach_both_views_and_bad_keys_are_refused(archive, tmp_path):
+    default, _ = pretrain._build_data(config(archive, tmp_path / "a"), 0, 1)
+    assert _view_settings(default.transforms1)["RandomGrayscale"] == 0.2
+    assert _view_settings(default.transforms1)["RandomGaussianBlur"] == 1.0
+    assert _view_settings(default.transforms2)["RandomGaussianBlur"] == 0.1
+    spectral = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0, "scale": [0.5, 1.0]}
+    ds, _ = pretrain._build_data(config(archive, tmp_path / "b", augment=spectral), 0, 1)
+    for view in (ds.transforms1, ds.transforms2):
+        got = _view_settings(view)
+        assert got["RandomBrightnessContrast"] == got["RandomGrayscale"] == got["RandomGaussianBlur"] == 0.0
+        assert tuple(got["RandomResizedCrop"]) == (0.5, 1.0) and got["RandomHorizontalFlip"] == 0.5
+    for bad, match in [({"gray": 0.1}, "unknown key"), ({"gray_p": 2}, "probability"), ({"scale": [0.5]}, "scale")]:
+        with pytest.raises(ValueError, match=match):
+            config(archive, tmp_path / "d", augment=bad)
