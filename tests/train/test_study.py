@@ -185,3 +185,36 @@ def test_config_errors_name_the_field(tmp_path):
         study_config_path(None, "tpu")
     assert study_config_path(None, None).name == "study_cpu.yaml"
     load_study_config(study_config_path(None, "cpu"))
+
+
+def test_pixel_baseline_ablation_overrides_and_stale_runs(toy, tmp_path, monkeypatch):
+    cfg, _, _ = toy  # its archive is reused
+    ablation = {"name": "softcon-mask0", "training": {"mask_ratio": 0.0},
+                "loss": {"name": "softcon", "options": {"temperature": 0.2, "lam": 1.0}}}
+    raw = toy_config(tmp_path, Path(cfg.archive.store), seeds=[0],
+                     methods=[{"name": "pixel-stats", "features": "pixels"}, ablation])
+    raw["evaluation"].update(targets=["multi_hot"], protocols=["knn"], similarity_methods=[])
+    cfg2 = load_study_config(write(tmp_path, raw))
+    run_study(cfg2, say=lambda _: None)
+    pixels, softcon = plan_units(cfg2)
+    assert not pixels.run_dir.exists()  # nothing is trained for the pixel baseline
+    res = json.loads((pixels.eval_dir("multi_hot") / "results.json").read_text())
+    assert list(res["checkpoints"]) == ["pixels"] and res["checkpoints"]["pixels"]["knn"]["metrics"]
+    trained = yaml.safe_load((softcon.run_dir / "config.yaml").read_text())
+    assert trained["mask_ratio"] == 0.0 and cfg2.training.get("mask_ratio", 0.5) == 0.5  # only this method
+    text = Path(cfg2.report).read_text()
+    assert "pixel-stats (per-band mean and std" in text and 'budget changed: `{"mask_ratio": 0.0}`' in text
+
+    # the same output folder with another budget: refused before any work, the run folder untouched
+    raw["training"]["max_steps_per_epoch"] = 3
+    changed = load_study_config(write(tmp_path, raw))
+    monkeypatch.setattr(runner, "curate_archive", lambda *a, **k: pytest.fail("worked before checking the runs"))
+    with pytest.raises(BadInput, match=r"softcon-mask0/seed0: trained with another config \(max_steps_per_epoch"):
+        run_study(changed, say=lambda _: None)
+
+    for method, match in [({"name": "p", "features": "pixels", "loss": {"name": "simclr"}}, "takes no loss"),
+                          ({"name": "r", "training": {"mask_ratio": 0.0}}, "need a loss"),
+                          ({**ablation, "training": {"seed": 1}}, "set per run"),
+                          ({**ablation, "training": {"mask_ratio": 2}}, "mask_ratio")]:
+        with pytest.raises(BadInput, match=match):
+            load_study_config(write(tmp_path, {**raw, "methods": [method]}))

@@ -32,6 +32,15 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 PER_RUN_KEYS = ("archive", "output_dir", "loss", "seed", "splits")
 
 
+def _check_budget(v: dict[str, Any]) -> dict[str, Any]:
+    """Budget keys only (not the per-run ones), each a valid :class:`PretrainConfig` key and value."""
+    bad = [k for k in PER_RUN_KEYS if k in v]
+    if bad:
+        raise ValueError(f"{bad}: set per run by the study, not in the shared budget")
+    PretrainConfig.model_validate(v)
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -54,11 +63,30 @@ class ArchiveSpec(_Strict):
 
 
 class MethodSpec(_Strict):
-    """One method: a name (row of the table) and its loss; no loss = random initialisation."""
+    """One method: a name (row of the table) and its loss; no loss = random initialisation.
+
+    ``features: pixels`` is the no-network reference row: the per-band spatial mean and std of each
+    patch (:class:`train.evaluate.backbones.PixelStatistics`) instead of a backbone's features.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.+-]+$")
     loss: LossConfig | None = None
+    features: Literal["backbone", "pixels"] = "backbone"
+    training: dict[str, Any] = {}
+    """Ablations only: keys of the shared budget this method changes (e.g. ``mask_ratio``,
+    ``batch_size``, ``augment``); the report prints them beside the method. A comparison of losses
+    leaves it empty, so every method trains with the same budget."""
     description: str = ""
+
+    @model_validator(mode="after")
+    def _pixels_have_no_loss(self) -> MethodSpec:
+        if self.features == "pixels" and self.loss is not None:
+            raise ValueError(f"method {self.name!r}: features: pixels takes no loss (nothing is pretrained)")
+        if self.training:
+            if self.loss is None:
+                raise ValueError(f"method {self.name!r}: training overrides need a loss (nothing is pretrained)")
+            _check_budget(self.training)
+        return self
 
     @property
     def pretrained(self) -> bool:
@@ -120,11 +148,7 @@ class StudyConfig(_Strict):
     @field_validator("training")
     @classmethod
     def _budget_only(cls, v: dict[str, Any]) -> dict[str, Any]:
-        bad = [k for k in PER_RUN_KEYS if k in v]
-        if bad:
-            raise ValueError(f"{bad}: set per run by the study, not in the shared budget")
-        PretrainConfig.model_validate(v)  # every key must be a PretrainConfig key with a valid value
-        return v
+        return _check_budget(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
@@ -209,8 +233,11 @@ def resolve_paths(cfg: StudyConfig, base: Path, source_file: str | None = None) 
 
 
 def pretrain_config_for(cfg: StudyConfig, method: MethodSpec, seed: int, output_dir: str) -> PretrainConfig:
-    """The pretraining config of one (method, seed): the shared budget plus the method's loss and the seed."""
+    """The pretraining config of one (method, seed): the shared budget (with the method's ablation
+    overrides, if any) plus the method's loss and the seed.
+    """
     if method.loss is None:
         raise ValueError(f"method {method.name} has no pretraining (random initialisation)")
-    return PretrainConfig.model_validate({**cfg.training, "archive": cfg.archive.store, "output_dir": output_dir,
-                                          "loss": method.loss.model_dump(), "seed": seed, "splits": ["train"]})
+    return PretrainConfig.model_validate({**cfg.training, **method.training, "archive": cfg.archive.store,
+                                          "output_dir": output_dir, "loss": method.loss.model_dump(), "seed": seed,
+                                          "splits": ["train"]})

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from train.checkpoints import BACKBONE_FILE, latest_checkpoint
-from train.evaluate.features import RANDOM_PREFIX
+from train.evaluate.features import PIXELS, RANDOM_PREFIX
 from train.study.config import MethodSpec, StudyConfig
 
 __all__ = ["Unit", "plan_units"]
@@ -52,7 +52,9 @@ class Unit:
 
     @property
     def checkpoint(self) -> str:
-        """What :func:`train.evaluate.run.evaluate` is given: the run folder, or ``random:<arch>``."""
+        """What :func:`train.evaluate.run.evaluate` is given: the run folder, ``random:<arch>`` or ``pixels``."""
+        if self.method.features == "pixels":
+            return PIXELS
         return str(self.run_dir) if self.method.pretrained else f"{RANDOM_PREFIX}{self.backbone}"
 
     @property

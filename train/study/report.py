@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from train.study.aggregate import Cell, collect, columns, rare_classes  # noqa: E402
-from train.study.config import StudyConfig  # noqa: E402
+from train.study.config import MethodSpec, StudyConfig  # noqa: E402
 from train.study.plan import RESULTS_FILE, plan_units  # noqa: E402
 from train.study.runner import Timings  # noqa: E402
 
@@ -169,6 +169,16 @@ def _findings(cfg: StudyConfig, results: dict) -> list[str]:
     return out
 
 
+def method_text(m: MethodSpec) -> str:
+    """One method as the setup lists it: its loss and options, or what it is without pretraining."""
+    if m.features == "pixels":
+        return f"{m.name} (per-band mean and std of the patch: no network)"
+    if m.loss is None:
+        return f"{m.name} (random initialisation, no pretraining)"
+    changes = f"; budget changed: `{json.dumps(m.training, sort_keys=True)}`" if m.training else ""
+    return f"{m.name} ({m.loss.name} {m.loss.options}{changes})"
+
+
 def write_study_report(cfg: StudyConfig, command: str | None = None) -> Path:
     """Write ``cfg.report`` and its figures (under ``cfg.figures_dir``); returns the report's path."""
     report, figs = Path(cfg.report), Path(cfg.figures_dir)
@@ -191,7 +201,7 @@ def write_study_report(cfg: StudyConfig, command: str | None = None) -> Path:
           f"at 10 m, 4 seasons, modalities {', '.join(cfg.archive.modalities)}; the default train/val/test split by "
           "location (`pipeline.split`). Pretraining reads the train split only.",
           f"* **Shared budget** (every method): `{json.dumps(cfg.training, sort_keys=True)}`.",
-          f"* **Methods**: {', '.join(m.name + (f' ({m.loss.name} {m.loss.options})' if m.loss else ' (no pretraining)') for m in cfg.methods)}.",  # noqa: E501
+          f"* **Methods**: {', '.join(method_text(m) for m in cfg.methods)}.",
           f"* **Seeds**: {cfg.seeds} (pretraining seed = evaluation seed = random-init seed).",
           f"* **Evaluation** on the archive's test split: {', '.join(cfg.evaluation.protocols)}; logistic C from "
           f"{cfg.evaluation.logistic_Cs} chosen on the validation split; kNN k = {cfg.evaluation.knn_k[0]}; retrieval "

@@ -163,10 +163,28 @@ def _smoke(cfg: StudyConfig, unit: Unit, say: Callable[[str], None], timings: Ti
         timings.add(f"smoke/{spec.task}/{unit.key}", time.perf_counter() - t0)
 
 
+def check_run_config(cfg: StudyConfig, unit: Unit) -> None:
+    """Refuse to reuse a run folder that was trained with another config (a changed budget or loss).
+
+    Raises:
+        BadInput: naming the run folder and the keys that differ.
+    """
+    recorded = unit.run_dir / "config.yaml"
+    if not unit.method.pretrained or not recorded.is_file():
+        return
+    want = pretrain_config_for(cfg, unit.method, unit.seed, str(unit.run_dir)).model_dump(mode="json")
+    have = yaml.safe_load(recorded.read_text()) or {}
+    differ = sorted(k for k in want if k in have and have[k] != want[k])
+    if differ:
+        raise BadInput(f"{unit.run_dir}: trained with another config ({', '.join(differ)} differ from the study's); "
+                       "give the study another output_dir or delete that folder")
+
+
 def run_unit(cfg: StudyConfig, unit: Unit, timings: Timings, say: Callable[[str], None] = print) -> None:
     """Every missing step of one (method, seed): pretraining, evaluations, similarity, smoke checks."""
     from train.study.similarity import similarity_data
 
+    check_run_config(cfg, unit)
     if not unit.pretrain_done():
         say(f"{unit.key}: pretraining ({'resuming' if unit.can_resume() else 'new run'})")
         t0 = time.perf_counter()
@@ -204,10 +222,12 @@ def run_study(cfg: StudyConfig, say: Callable[[str], None] = print, report: bool
     out.mkdir(parents=True, exist_ok=True)
     (out / "study_config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     timings = Timings(out / "timings.json")
+    units = plan_units(cfg)
+    for unit in units:  # before any work: a stale run folder is refused, not silently reused
+        check_run_config(cfg, unit)
     t0 = time.perf_counter()
     if curate_archive(cfg, say):
         timings.add("curation", time.perf_counter() - t0)
-    units = plan_units(cfg)
     for i, unit in enumerate(units):
         say(f"[{i + 1}/{len(units)}] {unit.key}")
         run_unit(cfg, unit, timings, say)
