@@ -143,6 +143,9 @@ class StudyConfig(_Strict):
     """A scaled-down run that only exercises the pipeline: the report says its numbers rank nothing."""
     expected_runtime: str = ""
     """What the config is sized for (documentation, printed in the report)."""
+    discussion: str | None = None
+    """A hand-written Markdown file (path relative to the YAML) included in the report under
+    "Discussion": what the numbers of this study mean, written after reading them."""
     source_file: str | None = None
 
     @field_validator("training")
@@ -228,6 +231,7 @@ def resolve_paths(cfg: StudyConfig, base: Path, source_file: str | None = None) 
     return cfg.model_copy(update={
         "output_dir": _absolute(base, cfg.output_dir), "report": _absolute(base, cfg.report),
         "figures_dir": _absolute(base, cfg.figures_dir), "archive": archive, "training": training,
+        "discussion": _absolute(base, cfg.discussion) if cfg.discussion else None,
         "evaluation": cfg.evaluation.model_copy(update={"smoke": smoke}),
         "source_file": source_file or cfg.source_file})
 

@@ -165,6 +165,14 @@ def _findings(cfg: StudyConfig, results: dict) -> list[str]:
                 spread = max(soft[s].std, hard[h].std)
                 verdict = "within the seed spread" if abs(diff) <= spread else ("ahead" if diff > 0 else "behind")
                 text += f"; best SoftCon ({s}) vs best other pretraining ({h}): {diff:+.3f}, {verdict}"
+            pre = {m: c for m, c in cells.items() if cfg.method(m).pretrained}
+            for ref in [m.name for m in cfg.methods if not m.pretrained and m.name in cells]:
+                if pre:
+                    p = max(pre, key=lambda m: pre[m].mean)
+                    diff = pre[p].mean - cells[ref].mean
+                    spread = max(pre[p].std, cells[ref].std)
+                    verdict = "within the seed spread" if abs(diff) <= spread else ("ahead" if diff > 0 else "behind")
+                    text += f"; best pretraining ({p}) vs {ref} ({cells[ref].mean:.3f}): {diff:+.3f}, {verdict}"
             out.append(text)
     return out
 
@@ -233,6 +241,9 @@ def write_study_report(cfg: StudyConfig, command: str | None = None) -> Path:
            "the backbones read real products end to end. **They are far too few to rank methods.**", "",
            _smoke_table(cfg), "", "## What the numbers show", ""]
     md += [f"* {f}" for f in _findings(cfg, results)] or ["(no results yet)"]
+    if cfg.discussion:
+        path = Path(cfg.discussion)
+        md += ["", "## Discussion", "", path.read_text().strip() if path.is_file() else f"({path} not found)"]
     md += ["", "## Reproduce", "", "```", command or f"softcon study {cfg.source_file or 'CONFIG'}", "```", "",
            f"Expected run time: {cfg.expected_runtime or 'not stated'}. Measured wall time (sum of the steps that did "
            f"work, over every invocation) on {platform.machine()} with {torch.get_num_threads()} torch threads:", "",
