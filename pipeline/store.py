@@ -372,7 +372,7 @@ def read_status(path: str, storage_options: dict | None = None) -> np.ndarray:
 def open_archive(path: str, storage_options: dict | None = None, patches_per_chunk: int | None = None) -> xr.Dataset:
     """Open the archive with xarray; ``acquired`` decoded to dates. Chunks default to whole shards."""
     group = open_group(path, "r", storage_options)
-    pps = patches_per_chunk or int(group.attrs["layout"]["patches_per_shard"])
+    pps = patches_per_chunk or ArchiveLayout.from_attrs(group.attrs).patches_per_shard
     ds = xr.open_zarr(path, consolidated=False, chunks={"patch": pps},
                       storage_options=storage_options_for(path, storage_options),
                       zarr_format=3)
@@ -423,7 +423,7 @@ def summarize(path: str, storage_options: dict | None = None) -> dict:
         "source": group.attrs.get("source", {}).get("name"),
         "manifest_hash": group.attrs.get("manifest_hash"),
         "n_patches": int(len(status)),
-        "n_seasons": int(group.attrs["layout"]["n_seasons"]),
+        "n_seasons": ArchiveLayout.from_attrs(group.attrs).n_seasons,
         "status": counts,
         "failures": failures,
         "done_patches": counts["done"],
