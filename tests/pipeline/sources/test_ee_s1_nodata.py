@@ -1,8 +1,8 @@
 """Earth Engine source, offline: every Sentinel-1 no-data pixel comes back NaN, valid dB values unchanged.
 
 The fake transport behaves like ``computePixels`` on a masked image: masked pixels hold whatever value
-the request's ``unmask`` put there. Helpers (offline Earth Engine, graph reader, fake transport) are
-those of ``test_source_earthengine.py``.
+the request's ``unmask`` put there. The graph reader and fake transport are those of ``tests/ee_fakes.py``,
+the ``ee_offline`` fixture that of ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("ee")
 
-from test_source_earthengine import (  # noqa: F401 - ee_offline is a fixture, used through usefixtures
+from ee_fakes import (  # noqa: E402
     ALL,
     GRID,
     LOC,
