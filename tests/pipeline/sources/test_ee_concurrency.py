@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zarr
 from archive_helpers import curate_all
-from test_sources_through_curation import AnyLocationTransport  # noqa: E402
+from ee_fakes import AnyLocationTransport
 
 from pipeline import curate as steps
 from pipeline.manifest import Manifest

@@ -9,30 +9,23 @@ and a transport that finds no image for one location.
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from pathlib import Path
 
-# The Earth Engine offline fixture and graph helpers live in the Earth Engine source tests (the one
-# place that patches earthengine-api internals); reuse them rather than patching twice.
-import ee  # noqa: E402
 import numpy as np
 import pytest
 import rasterio
 import zarr
 from archive_helpers import curate_all
-from ee_fakes import calls, graph  # noqa: E402
+from ee_fakes import AnyLocationTransport
 from rasterio.enums import Resampling
 
 from pipeline import curate as steps
 from pipeline.bands import LABEL_NODATA, MODALITY_BANDS, MODALITY_DTYPES
-from pipeline.grid import PatchGrid
 from pipeline.manifest import Manifest
 from pipeline.sources import build_source
 from pipeline.sources.earthengine import EarthEngineSource
 from pipeline.sources.ssl4eo_local import SSL4EOLocalSource
 from pipeline.store import MODALITY_ORDER, STATUS_DONE, STATUS_FAILED, date_to_days
-
-EEException = ee.ee_exception.EEException
 
 # --------------------------------------------------------------------------------------- local copy
 LOC_ID = "0000200"
@@ -120,93 +113,6 @@ def ee_manifest(store: Path) -> Manifest:
         "patch": {"size_px": 16},
         "store": {"path": str(store), "patches_per_shard": 2},
     })
-
-
-def _ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
-
-
-class AnyLocationTransport:
-    """Earth Engine answers for every location of a manifest, told apart by the request's footprint.
-
-    Metadata: one image per modality, acquired two days after the window start, with ids derived from
-    the location and that date. Pixels: a deterministic pseudo-random array per (tag, image, band),
-    recorded in ``served[(tag, image id)][band]``; Dynamic World arrays are keyed by the season's L1C
-    id whether they are ``matched`` or the window ``mode``. ``no_image`` location ids raise Earth
-    Engine's "not found" error on the L1C selection; ``mode`` location ids have no DW image named
-    like their L1C image.
-    """
-
-    def __init__(self, no_image: set[str] = frozenset(), mode: set[str] = frozenset()):
-        self.no_image, self.mode = set(no_image), set(mode)
-        self.by_x0: dict[float, object] = {}
-        self.size = 0
-        self.l1c_of_window: dict[tuple[str, str], str] = {}
-        self.served: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-
-    def bind(self, locations, size: int, resolution: float) -> None:
-        self.size = size
-        self.by_x0 = {PatchGrid.for_location(loc, size, resolution).x0: loc for loc in locations}
-
-    @staticmethod
-    def image_ids(loc, start: dt.date) -> dict[str, str]:
-        d = (start + dt.timedelta(days=2)).strftime("%Y%m%d")
-        return {
-            "s2_l1c": f"{d}T10{loc.index:04d}_{d}T100001_T31TCJ",
-            "s2_l2a": f"{d}T10{loc.index:04d}_{d}T100002_T31TCJ",
-            "s1_grd": f"S1A_IW_GRDH_1SDV_{d}T05{loc.index:04d}_{d}T053415_036000_0439A0_{loc.index:04X}",
-        }
-
-    def _where(self, tree) -> tuple[object, str]:
-        x0 = calls(tree, "GeometryConstructors.Rectangle")[0]["coordinates"][0]
-        return self.by_x0[x0], calls(tree, "DateRange")[0]["start"]
-
-    def get_info(self, computation, tag):
-        loc, start = self._where(graph(computation))
-        if tag == "s2_l1c" and loc.id in self.no_image:
-            raise EEException(f"ImageCollection.load: image asset for location {loc.id} not found.")
-        ids = self.image_ids(loc, dt.date.fromisoformat(start))
-        if tag == "dw":
-            self.l1c_of_window[(loc.id, start)] = ids["s2_l1c"]
-            return {"matched": 0 if loc.id in self.mode else 1, "window": 3}
-        d = dt.date.fromisoformat(start) + dt.timedelta(days=2)
-        extra = ({"orbitProperties_pass": ["ASCENDING"]} if tag == "s1_grd"
-                 else {"CLOUDY_PIXEL_PERCENTAGE": [2.5 + loc.index]})
-        return {"count": 2, "ids": [ids[tag]], "times": [_ms(d)], **extra}
-
-    def _band(self, tag: str, image: str, band: str) -> np.ndarray:
-        arrays = self.served.setdefault((tag, image), {})
-        if band not in arrays:
-            rng = np.random.default_rng(zlib.crc32(f"{tag}/{image}/{band}".encode()))
-            shape = (self.size, self.size)
-            if tag == "dw":
-                arr = rng.integers(0, 9, shape).astype(np.uint8)
-                arr[rng.random(shape) < 0.1] = LABEL_NODATA
-            elif tag == "s1_grd":
-                arr = rng.normal(-12.0, 4.0, shape).astype(np.float32)
-            else:
-                arr = rng.integers(1, 10_000, shape).astype(np.uint16)
-            arrays[band] = arr
-        return arrays[band]
-
-    def compute_pixels(self, request, tag):
-        tree = graph(request["expression"])
-        g = request["grid"]
-        loc = self.by_x0[g["affineTransform"]["translateX"]]
-        if tag == "dw":
-            eq = calls(tree, "Filter.equals")
-            image = eq[0]["rightValue"] if eq else self.l1c_of_window[(loc.id, calls(tree, "DateRange")[0]["start"])]
-        else:
-            image = calls(tree, "Image.load")[0]["id"].rsplit("/", 1)[1]
-        grid = PatchGrid.for_location(loc, self.size, 10.0)
-        row0 = round((grid.y0 - g["affineTransform"]["translateY"]) / grid.resolution)
-        h, w = g["dimensions"]["height"], g["dimensions"]["width"]
-        bands = request["bandIds"]
-        blocks = [self._band(tag, image, b)[row0:row0 + h] for b in bands]
-        out = np.zeros((h, w), dtype=[(b, blocks[0].dtype) for b in bands])
-        for b, block in zip(bands, blocks, strict=True):
-            out[b] = block
-        return out
 
 
 def ee_source(transport: AnyLocationTransport, manifest: Manifest) -> EarthEngineSource:
