@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS = 120
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: run test venv clean figures study lint
+.PHONY: run test venv clean figures study study-ablation lint
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,11 +41,15 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
-# The loss study (docs/study.md): PRESET=cpu (about 60 min on 2 cores) or gpu (one GPU); resumable.
+# The loss study (docs/study.md): PRESET=cpu (under 60 min on 2 cores) or gpu (one GPU); resumable.
 PRESET ?= cpu
 
 study: $(STAMP)
 	$(BIN)/softcon study --preset $(PRESET)
+
+# The CPU study's ablation (docs/study_ablation.md): one knob at a time around SoftCon; reuses the study's archive.
+study-ablation: $(STAMP)
+	$(BIN)/softcon study configs/study_cpu_ablation.yaml
 
 # The README's figures (docs/figures/*.png), from the archive and run `make run` makes; every figure of
 # both goes to output/figures/ (softcon plot labels|run), a few small ones are copied to docs/figures/.
