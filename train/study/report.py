@@ -143,6 +143,14 @@ def _timing_table(timings: Timings) -> str:
     return "\n".join(lines)
 
 
+def _verdict(a: Cell, b: Cell) -> str:
+    """``a`` vs ``b``: ahead / behind when the means differ by more than the larger seed std (needs 2+ seeds)."""
+    if min(a.n, b.n) < 2:
+        return "one seed so far: no spread to judge by"
+    diff = a.mean - b.mean
+    return "within the seed spread" if abs(diff) <= max(a.std, b.std) else ("ahead" if diff > 0 else "behind")
+
+
 def _findings(cfg: StudyConfig, results: dict) -> list[str]:
     """Plain statements read off the tables (best method per target and headline column)."""
     out = []
@@ -162,17 +170,15 @@ def _findings(cfg: StudyConfig, results: dict) -> list[str]:
                 s = max(soft, key=lambda m: soft[m].mean)
                 h = max(hard, key=lambda m: hard[m].mean)
                 diff = soft[s].mean - hard[h].mean
-                spread = max(soft[s].std, hard[h].std)
-                verdict = "within the seed spread" if abs(diff) <= spread else ("ahead" if diff > 0 else "behind")
-                text += f"; best SoftCon ({s}) vs best other pretraining ({h}): {diff:+.3f}, {verdict}"
+                text += (f"; best SoftCon ({s}) vs best other pretraining ({h}): {diff:+.3f}, "
+                         f"{_verdict(soft[s], hard[h])}")
             pre = {m: c for m, c in cells.items() if cfg.method(m).pretrained}
             for ref in [m.name for m in cfg.methods if not m.pretrained and m.name in cells]:
                 if pre:
                     p = max(pre, key=lambda m: pre[m].mean)
                     diff = pre[p].mean - cells[ref].mean
-                    spread = max(pre[p].std, cells[ref].std)
-                    verdict = "within the seed spread" if abs(diff) <= spread else ("ahead" if diff > 0 else "behind")
-                    text += f"; best pretraining ({p}) vs {ref} ({cells[ref].mean:.3f}): {diff:+.3f}, {verdict}"
+                    text += (f"; best pretraining ({p}) vs {ref} ({cells[ref].mean:.3f}): {diff:+.3f}, "
+                             f"{_verdict(pre[p], cells[ref])}")
             out.append(text)
     return out
 
