@@ -69,7 +69,7 @@ def _bar_chart(cfg: StudyConfig, results: dict, path: Path) -> Path | None:
         if finite:
             lo = min(finite)
             ax.set_ylim(max(0.0, lo - 0.1 * (max(finite) - lo + 1e-3) - 0.02), None)
-    fig.suptitle("mean ± std over seeds (red: SoftCon, grey: random init)", fontsize=8)
+    fig.suptitle("mean ± std over seeds (red: SoftCon, grey: no pretraining)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
