@@ -31,10 +31,12 @@ Our choices (configurable, stated because no paper fixes them):
   difference matters for weakly regularised fits), 1e-4 for ``lbfgs``; the ``C`` search
   warm-starts each fit from the previous ``C`` (the problem is convex, so this only saves time).
   Convergence warnings are counted in the result (``config["convergence_warnings"]``), not printed.
-* Multi-label binary models are fitted with scikit-learn's ``newton-cholesky`` solver by default
-  (``solver``): on frozen features (a few thousand items, a few hundred dimensions, weak
-  regularisation) L-BFGS often stops at ``max_iter`` far from the optimum (measured on 512-d
-  ResNet-18 features of 2800 items at ``C = 1``: scores still 1.5 away from the exact optimum after
+* Multi-label binary models are fitted with scikit-learn's ``newton-cholesky`` solver when the
+  fitting set has at least as many items as features (``solver="auto"``, the default; each Newton
+  step factorises a D × D Hessian, so with more features than items, e.g. 2048-d ResNet-50 features
+  of a few dozen patches, ``lbfgs`` is used instead): on frozen features (a few thousand items, a
+  few hundred dimensions, weak regularisation) L-BFGS often stops far from the optimum (measured
+  on 512-d ResNet-18 features of 2800 items at ``C = 1``: scores still 1.5 away from the exact optimum after
   1000 iterations, and 8× slower), while Newton steps reach it in a few iterations. The
   multinomial (single-label) model keeps ``lbfgs``.
 
@@ -65,8 +67,9 @@ __all__ = ["CONSTANT_LOGIT", "DEFAULT_CS", "DEFAULT_MULTILABEL_SOLVER", "Logisti
 DEFAULT_CS: tuple[float, ...] = tuple(float(10.0 ** e) for e in range(-4, 5))
 #: Logit given to a multi-label class that the fitting set has only as positive (+) or negative (−).
 CONSTANT_LOGIT = 20.0
-#: scikit-learn solver of the multi-label (one-vs-rest binary) models; see the module docstring.
-DEFAULT_MULTILABEL_SOLVER = "newton-cholesky"
+#: scikit-learn solver of the multi-label (one-vs-rest binary) models; ``auto``: ``newton-cholesky``
+#: when the fitting set has at least as many items as features, else ``lbfgs`` (module docstring).
+DEFAULT_MULTILABEL_SOLVER = "auto"
 #: Stopping tolerance per scikit-learn solver when ``tol`` is not given.
 DEFAULT_TOL = {"newton-cholesky": 1e-8, "lbfgs": 1e-4}
 #: Metrics where lower is better (the search minimises them).
@@ -267,6 +270,8 @@ def train_logistic_probe(train_x: Any, train_y: Any, test_x: Any = None, test_y:
     sign = -1.0 if metric_name in _LOWER_IS_BETTER else 1.0
 
     # -- search C on the validation part
+    if solver == "auto":
+        solver = "newton-cholesky" if xfit.shape[0] >= xfit.shape[1] else "lbfgs"
     scaler = _Scaler(xfit, standardize)
     fx, vx = scaler(xfit), scaler(xval)
     search_model = _Model(multilabel, c_out, max_iter, tol, solver)

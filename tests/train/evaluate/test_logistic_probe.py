@@ -12,7 +12,6 @@ from sklearn.linear_model import LogisticRegression
 from train.evaluate.logistic import (
     CONSTANT_LOGIT,
     DEFAULT_CS,
-    DEFAULT_MULTILABEL_SOLVER,
     holdout_split,
     train_logistic_probe,
 )
@@ -61,16 +60,16 @@ def test_refit_on_train_plus_val_with_the_chosen_c(noisy):
     xall = np.concatenate([xtr, xva]).astype(np.float64)
     yall = np.concatenate([ytr, yva])
     mean, std = xall.mean(0), xall.std(0)
-    expected = np.stack([LogisticRegression(C=res.selected_C, max_iter=1000, solver=DEFAULT_MULTILABEL_SOLVER)
-                         .fit((xall - mean) / std, yall[:, j])
+    # 100 training items, 120 features: "auto" fits with lbfgs (more features than items)
+    assert "lbfgs" in res.config["solver"]
+    expected = np.stack([LogisticRegression(C=res.selected_C, max_iter=1000).fit((xall - mean) / std, yall[:, j])
                          .decision_function((xte.astype(np.float64) - mean) / std) for j in range(3)], 1)
     np.testing.assert_allclose(res.scores.numpy(), expected, rtol=1e-6, atol=1e-6)
     metrics, _ = classification_metrics(torch.from_numpy(expected), torch.from_numpy(yte))
     assert res.metrics["mAP_macro"] == pytest.approx(metrics["mAP_macro"])
     # ... which is not the model of the training items alone
     mtr, str_ = xtr.astype(np.float64).mean(0), xtr.astype(np.float64).std(0)
-    train_only = LogisticRegression(C=res.selected_C, max_iter=1000, solver=DEFAULT_MULTILABEL_SOLVER).fit(
-        (xtr - mtr) / str_, ytr[:, 0])
+    train_only = LogisticRegression(C=res.selected_C, max_iter=1000).fit((xtr - mtr) / str_, ytr[:, 0])
     assert not np.allclose(train_only.decision_function((xte - mtr) / str_), res.scores[:, 0].numpy(), atol=1e-3)
 
 
@@ -102,7 +101,10 @@ def test_multilabel_fits_reach_the_optimum_where_lbfgs_stops_short():
     # the refit sees train + validation, here x twice: the summed log-loss doubles, i.e. C doubles
     expected = np.stack([np.hstack([xs, np.ones((400, 1))]) @ newton_logistic(xs, y[:, j], 2 * c) for j in range(2)], 1)
     np.testing.assert_allclose(res.scores.numpy(), expected, atol=1e-3 * np.abs(expected).max())
-    assert res.config["convergence_warnings"] == 0
+    assert res.config["convergence_warnings"] == 0 and "newton-cholesky" in res.config["solver"]
+    # more features than items: a Newton step would factorise a D × D Hessian, L-BFGS is used
+    wide = train_logistic_probe(x[:40], y[:40], x, y, val_x=x[40:80], val_y=y[40:80], Cs=[1.0])
+    assert "lbfgs" in wide.config["solver"]
     # scikit-learn's default L-BFGS stops (its gradient tolerance met, no warning) well short of it
     short = train_logistic_probe(x, y, x, y, val_x=x, val_y=y, Cs=[c], solver="lbfgs")
     assert np.abs(short.scores.numpy() - expected).max() > 1e-2 * np.abs(expected).max()
