@@ -184,7 +184,6 @@ def run_unit(cfg: StudyConfig, unit: Unit, timings: Timings, say: Callable[[str]
     """Every missing step of one (method, seed): pretraining, evaluations, similarity, smoke checks."""
     from train.study.similarity import similarity_data
 
-    check_run_config(cfg, unit)
     if not unit.pretrain_done():
         say(f"{unit.key}: pretraining ({'resuming' if unit.can_resume() else 'new run'})")
         t0 = time.perf_counter()
